@@ -1,0 +1,21 @@
+# hemaflow: blood-cell microscopy images -> trained, evaluated classifiers.
+# This file is only the header; the rules are in workflow/rules/, the science in src/hemaflow/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/augment.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

@@ -1,0 +1,95 @@
+"""Every matplotlib figure of the pipeline: each function takes tables and writes one PNG."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: cluster nodes and CI have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+@contextmanager
+def _figure(out_png: str | os.PathLike, **kwargs):
+    """Yield (fig, axes); save to `out_png` and close the figure even on error."""
+    fig, axes = plt.subplots(**kwargs)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def training_curves(history: pd.DataFrame, best_epoch: int, out_png) -> None:
+    """Loss (log axis) and accuracy, train and val, vs epoch; the best epoch dashed (seed 000)."""
+    with _figure(out_png, nrows=2, ncols=1, sharex=True, figsize=(7, 7)) as (fig, (ax1, ax2)):
+        ax1.plot(history["epoch"], history["loss"], label="train")
+        ax1.plot(history["epoch"], history["val_loss"], label="val")
+        ax1.set_yscale("log")
+        ax1.set_ylabel("loss")
+        ax2.plot(history["epoch"], history["accuracy"], label="train")
+        ax2.plot(history["epoch"], history["val_accuracy"], label="val")
+        ax2.set_ylabel("accuracy")
+        ax2.set_xlabel("epoch")
+        for ax in (ax1, ax2):
+            ax.axvline(best_epoch, color="black", linestyle="--", label=f"best epoch {best_epoch}")
+            ax.legend(loc="best")
+        ax1.set_title("training curves")
+
+
+def confusion_matrix(table: pd.DataFrame, out_png, title: str = "confusion matrix") -> None:
+    """Heatmap of a long confusion table (actual, predicted, count), classes in table order."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    names = list(dict.fromkeys(table["actual"]))
+    cm = table.pivot(index="actual", columns="predicted", values="count").loc[names, names]
+    size = 2.5 + 0.6 * len(names)
+    with _figure(out_png, figsize=(size, size)) as (fig, ax):
+        ConfusionMatrixDisplay(cm.to_numpy(), display_labels=names).plot(ax=ax, colorbar=False)
+        acc = cm.to_numpy().trace() / max(cm.to_numpy().sum(), 1)
+        ax.set_title(f"{title} (acc = {acc:.2%})")
+
+
+def roc_curves(roc: pd.DataFrame, out_png, title: str = "ROC curve") -> None:
+    """ROC curve per class from a table (class, fpr, tpr, ...) with the chance diagonal."""
+    from sklearn.metrics import auc
+
+    with _figure(out_png, figsize=(5, 5)) as (fig, ax):
+        for name, g in roc.groupby("class", sort=False):
+            ax.plot(g["fpr"], g["tpr"], lw=2, label=f"{name} (AUC = {auc(g['fpr'], g['tpr']):.3f})")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--")
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate", ylabel="true positive rate", title=title)
+        if len(roc):
+            ax.legend(loc="lower right")
+
+
+def patient_diagnosis(patients: pd.DataFrame, threshold: float, out_png) -> None:
+    """Fraction of cells predicted positive per patient, by split and diagnosis; the threshold line."""
+    splits = list(dict.fromkeys(patients["split"]))
+    with _figure(out_png, figsize=(1.5 + 1.8 * len(splits), 4.5)) as (fig, ax):
+        for label, marker, colour in ((0, "o", "tab:blue"), (1, "^", "tab:red")):
+            sub = patients[patients["label"] == label]
+            x = sub["split"].map({s: i for i, s in enumerate(splits)})
+            # spread patients sideways so equal fractions stay visible
+            jitter = (sub.groupby("split").cumcount() % 7 - 3) * 0.04 + (0.12 if label else -0.12)
+            ax.scatter(x + jitter, sub["frac_positive"], marker=marker, color=colour,
+                       label="positive" if label else "negative", alpha=0.8)
+        ax.axhline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f} (val)")
+        ax.set_xticks(range(len(splits)), splits)
+        ax.set(ylim=(-0.03, 1.03), ylabel="fraction of cells predicted positive", title="patient-level diagnosis")
+        ax.legend(loc="best", fontsize="small")
+
+
+def leaderboard_bars(board: pd.DataFrame, metric: str, out_png) -> None:
+    """Horizontal bar per combo of column `metric` (e.g. val_balanced_accuracy), best on top."""
+    board = board.sort_values(metric, ascending=True, na_position="first")
+    with _figure(out_png, figsize=(7, 1.2 + 0.35 * len(board))) as (fig, ax):
+        ax.barh(board["combo"].astype(str), board[metric].fillna(0.0), color="tab:blue")
+        ax.set(xlabel=metric, xlim=(0, 1), title="leaderboard")

@@ -1,0 +1,70 @@
+"""The shard format: one TFRecord file of tf.train.Example records per shard.
+
+Each record holds a lossless PNG (`image`, RGBA or RGB), the class index (`label`) and the
+augmented-image id (`aug_id`) that joins it to the Parquet manifests. Training streams
+these files with tf.data; nothing loads a whole split into memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+
+def _tf():
+    import tensorflow as tf  # imported lazily: TensorFlow takes seconds to import
+
+    return tf
+
+
+def encode_example(png: bytes, label: int, aug_id: str) -> bytes:
+    tf = _tf()
+    feature = {
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+        "aug_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[aug_id.encode()])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_records(path: str | Path, examples: Iterable[bytes]) -> int:
+    """Write serialized examples to `path` atomically (a killed job leaves no shard behind)."""
+    tf = _tf()
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    n = 0
+    with tf.io.TFRecordWriter(str(tmp)) as w:
+        for ex in examples:
+            w.write(ex)
+            n += 1
+    tmp.replace(path)
+    return n
+
+
+def parse_example(serialized, channels: int):
+    """tf.data map function: serialized Example -> (image float32 in [0,1], label, aug_id)."""
+    tf = _tf()
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+        "aug_id": tf.io.FixedLenFeature([], tf.string),
+    }
+    ex = tf.io.parse_single_example(serialized, spec)
+    img = tf.io.decode_png(ex["image"], channels=channels)
+    img = tf.cast(img, tf.float32) / 255.0
+    return img, ex["label"], ex["aug_id"]
+
+
+def iter_records(paths: Iterable[str | Path], channels: int) -> Iterator[tuple[np.ndarray, int, str]]:
+    """Eager iteration for small jobs and tests: yields (H×W×C uint8, label, aug_id)."""
+    tf = _tf()
+    for path in paths:
+        for raw in tf.data.TFRecordDataset(str(path)):
+            img, label, aug_id = parse_example(raw, channels)
+            yield (
+                np.rint(img.numpy() * 255).astype(np.uint8),
+                int(label.numpy()),
+                aug_id.numpy().decode(),
+            )

@@ -1,0 +1,54 @@
+rule augment_shard:
+    input:
+        sources=SOURCES,
+        splits=SPLITS_TABLE,
+    output:
+        records="results/shards/{split}/{shard}.tfrecord",
+        manifest="results/manifests/shards/{split}/{shard}.parquet",
+    log:
+        "results/logs/augment/{split}/{shard}.log",
+    benchmark:
+        "results/benchmarks/augment/{split}/{shard}.tsv"
+    params:
+        root=config["data"]["root"],
+        max_pixels=config["data"].get("max_pixels", 40_000_000),
+        n_shards=lambda w: config["augment"]["shards"][w.split],
+        preprocess=config["preprocess"],
+        augment=augment_params,
+        seed=config["seed"],
+    conda:
+        "../../envs/augment.yaml"
+    script:
+        "../scripts/augment_shard.py"
+
+
+rule merge_manifests:
+    input:
+        [m for split in SPLITS for m in shard_manifests(split)],
+    output:
+        AUGMENTED,
+    log:
+        "results/logs/merge_manifests.log",
+    conda:
+        "../../envs/augment.yaml"
+    script:
+        "../scripts/merge_manifests.py"
+
+
+rule contact_sheet:
+    input:
+        records=lambda w: shard_records(w.split),
+        manifests=lambda w: shard_manifests(w.split),
+        sources=SOURCES,
+    output:
+        "results/reports/contact_sheets/{split}.png",
+    log:
+        "results/logs/contact_sheet/{split}.log",
+    params:
+        per_class=config["augment"].get("contact_sheet", 24),
+        channels=channels(),
+        seed=config["seed"],
+    conda:
+        "../../envs/augment.yaml"
+    script:
+        "../scripts/contact_sheet.py"

@@ -1,0 +1,76 @@
+import os
+import re
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+# The library lives in src/; jobs (local, conda or on a SLURM node) find it through PYTHONPATH.
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
+
+from hemaflow.config import validate_params
+from hemaflow.grid import combos
+
+SCHEMA = Path(workflow.basedir) / "workflow/schemas/params.schema.yaml"
+validate_params(config, SCHEMA)
+validate(config, schema=str(SCHEMA))
+
+SPLITS = ["train", "val", "test"]
+COMBOS = combos(config["train"], config["seed"])
+BASELINE = "svm_rbf"
+MODEL_IDS = list(COMBOS) + ([BASELINE] if config["train"].get("baseline_svm", True) else [])
+
+SOURCES = "results/manifests/sources.parquet"
+SPLITS_TABLE = "results/manifests/splits.parquet"
+AUGMENTED = "results/manifests/augmented.parquet"
+
+
+wildcard_constraints:
+    split="|".join(SPLITS),
+    shard=r"\d{3}",
+    combo="|".join(map(re.escape, MODEL_IDS)),
+
+
+def shard_ids(split):
+    return [f"{i:03d}" for i in range(config["augment"]["shards"][split])]
+
+
+def shard_records(split):
+    return [f"results/shards/{split}/{s}.tfrecord" for s in shard_ids(split)]
+
+
+def shard_manifests(split):
+    return [f"results/manifests/shards/{split}/{s}.parquet" for s in shard_ids(split)]
+
+
+def data_input():
+    """What ingest reads: the replica (made by `synthesize`), the user's root, or an index file."""
+    index = config["data"].get("index")
+    return index if index else config["data"]["root"]
+
+
+def augment_params(wildcards):
+    """Only augmented splits depend on augmentation parameters, so changing them reruns only those shards."""
+    if wildcards.split in config["augment"].get("splits", ["train"]):
+        return {k: v for k, v in config["augment"].items() if k not in ("shards", "contact_sheet", "splits")}
+    return None
+
+
+def channels():
+    return 4 if config["preprocess"].get("background", "alpha") == "alpha" else 3
+
+
+def model_file(wildcards):
+    name = "model.joblib" if wildcards.combo == BASELINE else "model.keras"
+    return f"results/models/{wildcards.combo}/{name}"
+
+
+def get_final_output():
+    return [
+        "results/reports/leaderboard.csv",
+        "results/reports/metrics.json",
+        "results/reports/split_summary.csv",
+        *expand("results/reports/contact_sheets/{split}.png", split=SPLITS),
+    ]

@@ -1,0 +1,52 @@
+if config["data"]["adapter"] == "synthetic":
+
+    rule synthesize:
+        output:
+            directory(config["data"]["root"]),
+        log:
+            "results/logs/synthesize.log",
+        params:
+            synthetic=config["synthetic"],
+            seed=config["seed"],
+        conda:
+            "../../envs/data.yaml"
+        script:
+            "../scripts/synthesize.py"
+
+
+rule ingest:
+    input:
+        data_input(),
+    output:
+        sources=SOURCES,
+        quarantine="results/reports/quarantine.csv",
+        summary="results/reports/ingest.json",
+    log:
+        "results/logs/ingest.log",
+    benchmark:
+        "results/benchmarks/ingest.tsv"
+    params:
+        data=config["data"],
+    threads: 2
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/ingest.py"
+
+
+rule split:
+    input:
+        SOURCES,
+    output:
+        splits=SPLITS_TABLE,
+        summary="results/reports/split_summary.csv",
+        notes="results/reports/split_notes.txt",
+    log:
+        "results/logs/split.log",
+    params:
+        split=config["split"],
+        seed=config["seed"],
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/split.py"

@@ -1,0 +1,47 @@
+rule evaluate:
+    input:
+        model=model_file,
+        records=[r for split in SPLITS for r in shard_records(split)],
+        augmented=AUGMENTED,
+        sources=SOURCES,
+    output:
+        metrics="results/models/{combo}/eval/metrics.json",
+        predictions="results/models/{combo}/eval/predictions.parquet",
+        tables=multiext("results/models/{combo}/eval/", *[f"{kind}_{split}.csv" for kind in ("confusion", "roc") for split in SPLITS]),
+        figures=multiext("results/models/{combo}/eval/", *[f"{kind}_{split}.png" for kind in ("confusion", "roc") for split in SPLITS]),
+        patients="results/models/{combo}/eval/patients.csv",
+        patients_plot="results/models/{combo}/eval/patients.png",
+    log:
+        "results/logs/evaluate/{combo}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{combo}.tsv"
+    params:
+        channels=channels(),
+        positive_class=config["data"].get("positive_class", "all"),
+        baseline=lambda w: w.combo == BASELINE,
+    threads: 1
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/evaluate.py"
+
+
+rule leaderboard:
+    input:
+        metrics=expand("results/models/{combo}/eval/metrics.json", combo=MODEL_IDS),
+        infos=expand("results/models/{combo}/train.json", combo=MODEL_IDS),
+    output:
+        csv="results/reports/leaderboard.csv",
+        md="results/reports/leaderboard.md",
+        png="results/reports/leaderboard.png",
+        metrics="results/reports/metrics.json",
+    log:
+        "results/logs/leaderboard.log",
+    params:
+        ids=MODEL_IDS,
+        combos=COMBOS,
+        rank_by=config["evaluate"].get("rank_by", "balanced_accuracy"),
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/leaderboard.py"

@@ -1,0 +1,50 @@
+rule train:
+    input:
+        train=shard_records("train"),
+        val=shard_records("val"),
+        manifests=shard_manifests("train"),
+        sources=SOURCES,
+    output:
+        model="results/models/{combo}/model.keras",
+        history="results/models/{combo}/history.csv",
+        curves="results/models/{combo}/curves.png",
+        info="results/models/{combo}/train.json",
+    log:
+        "results/logs/train/{combo}.log",
+    benchmark:
+        "results/benchmarks/train/{combo}.tsv"
+    params:
+        combo=lambda w: COMBOS[w.combo],
+        settings={k: v for k, v in config["train"].items() if k not in ("grid", "search", "trials", "baseline_svm")},
+        size=config["preprocess"]["size"],
+        channels=channels(),
+        seed=config["seed"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/train.py"
+
+
+rule train_baseline:
+    input:
+        train=shard_records("train"),
+        sources=SOURCES,
+    output:
+        model=f"results/models/{BASELINE}/model.joblib",
+        info=f"results/models/{BASELINE}/train.json",
+    log:
+        f"results/logs/train/{BASELINE}.log",
+    benchmark:
+        f"results/benchmarks/train/{BASELINE}.tsv"
+    params:
+        channels=channels(),
+        class_weight=config["train"].get("class_weight", "none"),
+        seed=config["seed"],
+    threads: 1
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/train_baseline.py"

@@ -1,0 +1,33 @@
+"""Evaluate one trained model on every split, at cell and patient level."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from hemaflow.evaluate import evaluate_predictions, predict
+from hemaflow.logs import to_log
+from hemaflow.manifest import read_manifest
+
+to_log(snakemake.log[0])
+records = list(snakemake.input.records)
+if snakemake.params.baseline:
+    import joblib
+
+    from hemaflow.baseline import predict_records
+
+    pred = predict_records(joblib.load(snakemake.input.model), records, channels=snakemake.params.channels)
+else:
+    import keras
+
+    pred = predict(keras.models.load_model(snakemake.input.model), records, channels=snakemake.params.channels)
+
+sources = read_manifest(snakemake.input.sources, "sources")
+classes = sources[sources["label_index"] >= 0].drop_duplicates("label_index").sort_values("label_index")
+evaluate_predictions(
+    pred,
+    pd.read_parquet(snakemake.input.augmented),
+    sources,
+    class_names=list(classes["label"]),
+    positive_class=snakemake.params.positive_class,
+    out_dir=Path(snakemake.output.metrics).parent,
+)

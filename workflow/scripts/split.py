@@ -1,0 +1,24 @@
+"""Patient-disjoint, class-stratified, seeded train/val/test split."""
+
+import logging
+
+from hemaflow.logs import to_log
+from hemaflow.manifest import read_manifest, write_manifest
+from hemaflow.splits import assign_splits, split_summary
+
+to_log(snakemake.log[0])
+sources = read_manifest(snakemake.input[0], "sources")
+p = snakemake.params.split
+splits, notes = assign_splits(
+    sources,
+    seed=snakemake.params.seed,
+    ratios=tuple(p.get("ratios", (7, 2, 1))),
+    use_dataset_folds=p.get("use_dataset_folds", True),
+    val_fold=p.get("val_fold", 2),
+)
+write_manifest(splits, snakemake.output.splits, "splits")
+split_summary(sources, splits).to_csv(snakemake.output.summary, index=False)
+with open(snakemake.output.notes, "w") as f:
+    f.write("".join(f"{n}\n" for n in notes))
+for n in notes:
+    logging.warning(n)

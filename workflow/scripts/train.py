@@ -1,0 +1,31 @@
+"""Train one hyperparameter combination."""
+
+import pandas as pd
+import tensorflow as tf
+
+from hemaflow.logs import to_log
+from hemaflow.manifest import read_manifest
+from hemaflow.train import train_combo
+
+to_log(snakemake.log[0])
+tf.config.threading.set_intra_op_parallelism_threads(snakemake.threads)
+tf.config.threading.set_inter_op_parallelism_threads(snakemake.threads)
+
+sources = read_manifest(snakemake.input.sources, "sources")
+train_rows = pd.concat([pd.read_parquet(p, columns=["label_index"]) for p in snakemake.input.manifests])
+s = snakemake.params.settings
+train_combo(
+    snakemake.params.combo,
+    train_records=list(snakemake.input.train),
+    val_records=list(snakemake.input.val),
+    channels=snakemake.params.channels,
+    size=snakemake.params.size,
+    n_classes=int(sources["label_index"].max()) + 1,
+    max_epochs=s["max_epochs"],
+    patience=s["patience"],
+    cyclic=s["cyclic"],
+    class_weight=s.get("class_weight", "none"),
+    class_counts=train_rows["label_index"].value_counts().to_dict(),
+    seed=snakemake.params.seed,
+    out_dir=snakemake.output.model.rsplit("/", 1)[0],
+)

@@ -1,0 +1,21 @@
+"""Classical baseline: shape, GLCM texture and colour features into an RBF SVM."""
+
+import json
+import time
+
+import joblib
+
+from hemaflow.baseline import featurize_records, fit_svm
+from hemaflow.logs import to_log
+
+to_log(snakemake.log[0])
+start = time.perf_counter()
+X, y, _ = featurize_records(list(snakemake.input.train), channels=snakemake.params.channels)
+model = fit_svm(X, y, seed=snakemake.params.seed, class_weight=snakemake.params.class_weight)
+joblib.dump(model, snakemake.output.model)
+with open(snakemake.output.info, "w") as f:
+    json.dump(
+        {"model": "svm_rbf", "n_train": int(len(y)), "wall_seconds": round(time.perf_counter() - start, 2)},
+        f,
+        indent=2,
+    )
