@@ -149,7 +149,7 @@ def choose_threshold(val_patients: pd.DataFrame) -> float:
     """
     label = val_patients["label"].to_numpy(dtype=int)
     frac = val_patients["frac_positive"].to_numpy(dtype=float)
-    if label.min(initial=1) == label.max(initial=0) or len(label) == 0:
+    if len(np.unique(label)) < 2:
         raise ValueError(
             "the validation split needs patients of both diagnoses to choose a patient-level "
             f"threshold; it has labels {sorted(set(label.tolist()))} (check split.val_fold / split.ratios)"

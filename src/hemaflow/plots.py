@@ -11,7 +11,9 @@ import matplotlib
 matplotlib.use("Agg")  # headless: cluster nodes and CI have no display
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 @contextmanager
@@ -38,6 +40,7 @@ def training_curves(history: pd.DataFrame, best_epoch: int, out_png) -> None:
         ax2.plot(history["epoch"], history["val_accuracy"], label="val")
         ax2.set_ylabel("accuracy")
         ax2.set_xlabel("epoch")
+        ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
         for ax in (ax1, ax2):
             ax.axvline(best_epoch, color="black", linestyle="--", label=f"best epoch {best_epoch}")
             ax.legend(loc="best")
@@ -50,7 +53,7 @@ def confusion_matrix(table: pd.DataFrame, out_png, title: str = "confusion matri
 
     names = list(dict.fromkeys(table["actual"]))
     cm = table.pivot(index="actual", columns="predicted", values="count").loc[names, names]
-    size = 2.5 + 0.6 * len(names)
+    size = 3.2 + 0.6 * len(names)
     with _figure(out_png, figsize=(size, size)) as (fig, ax):
         ConfusionMatrixDisplay(cm.to_numpy(), display_labels=names).plot(ax=ax, colorbar=False)
         acc = cm.to_numpy().trace() / max(cm.to_numpy().sum(), 1)
@@ -70,8 +73,11 @@ def roc_curves(roc: pd.DataFrame, out_png, title: str = "ROC curve") -> None:
             ax.legend(loc="lower right")
 
 
-def patient_diagnosis(patients: pd.DataFrame, threshold: float, out_png) -> None:
-    """Fraction of cells predicted positive per patient, by split and diagnosis; the threshold line."""
+def patient_diagnosis(patients: pd.DataFrame, threshold: float | None, out_png) -> None:
+    """Fraction of cells predicted positive per patient, by split and diagnosis; the threshold line.
+
+    With no patients (multi-class task, no patient ids) the figure says so.
+    """
     splits = list(dict.fromkeys(patients["split"]))
     with _figure(out_png, figsize=(1.5 + 1.8 * len(splits), 4.5)) as (fig, ax):
         for label, marker, colour in ((0, "o", "tab:blue"), (1, "^", "tab:red")):
@@ -81,15 +87,25 @@ def patient_diagnosis(patients: pd.DataFrame, threshold: float, out_png) -> None
             jitter = (sub.groupby("split").cumcount() % 7 - 3) * 0.04 + (0.12 if label else -0.12)
             ax.scatter(x + jitter, sub["frac_positive"], marker=marker, color=colour,
                        label="positive" if label else "negative", alpha=0.8)
-        ax.axhline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f} (val)")
+        if threshold is not None:
+            ax.axhline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f} (val)")
+        if patients.empty:
+            ax.text(0.5, 0.5, "no patient-level evaluation\n(binary task with patient ids only)",
+                    ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.legend(loc="best", fontsize="small")
         ax.set_xticks(range(len(splits)), splits)
         ax.set(ylim=(-0.03, 1.03), ylabel="fraction of cells predicted positive", title="patient-level diagnosis")
-        ax.legend(loc="best", fontsize="small")
 
 
-def leaderboard_bars(board: pd.DataFrame, metric: str, out_png) -> None:
-    """Horizontal bar per combo of column `metric` (e.g. val_balanced_accuracy), best on top."""
-    board = board.sort_values(metric, ascending=True, na_position="first")
-    with _figure(out_png, figsize=(7, 1.2 + 0.35 * len(board))) as (fig, ax):
-        ax.barh(board["combo"].astype(str), board[metric].fillna(0.0), color="tab:blue")
-        ax.set(xlabel=metric, xlim=(0, 1), title="leaderboard")
+def leaderboard_chart(board: pd.DataFrame, rank_by: str, out_png) -> None:
+    """Validation (and test) `rank_by` per combo as horizontal bars, best on top."""
+    board = board.iloc[::-1]  # barh draws bottom-up; the board is sorted best first
+    y = np.arange(len(board))
+    with _figure(out_png, figsize=(7, 1.5 + 0.4 * len(board))) as (fig, ax):
+        ax.barh(y + 0.2, board[f"val_{rank_by}"].fillna(0.0), height=0.4, label="val")
+        if f"test_{rank_by}" in board:
+            ax.barh(y - 0.2, board[f"test_{rank_by}"].fillna(0.0), height=0.4, label="test", alpha=0.6)
+        ax.set_yticks(y, board["combo"].astype(str))
+        ax.set(xlabel=rank_by, xlim=(0, 1), title=f"leaderboard (ranked by val {rank_by})")
+        ax.legend(loc="lower right")

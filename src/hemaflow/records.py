@@ -35,10 +35,14 @@ def write_records(path: str | Path, examples: Iterable[bytes]) -> int:
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     n = 0
-    with tf.io.TFRecordWriter(str(tmp)) as w:
-        for ex in examples:
-            w.write(ex)
-            n += 1
+    try:
+        with tf.io.TFRecordWriter(str(tmp)) as w:
+            for ex in examples:
+                w.write(ex)
+                n += 1
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
     return n
 

@@ -41,7 +41,13 @@ rule contact_sheet:
         manifests=lambda w: shard_manifests(w.split),
         sources=SOURCES,
     output:
-        "results/reports/contact_sheets/{split}.png",
+        report(
+            "results/reports/contact_sheets/{split}.png",
+            caption="../report/contact_sheet.rst",
+            category="Data",
+            subcategory="Contact sheets",
+            labels={"split": "{split}"},
+        ),
     log:
         "results/logs/contact_sheet/{split}.log",
     params:

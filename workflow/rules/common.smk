@@ -1,14 +1,12 @@
-import os
 import re
 import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-# The library lives in src/; jobs (local, conda or on a SLURM node) find it through PYTHONPATH.
-SRC = str(Path(workflow.basedir) / "src")
-sys.path.insert(0, SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
+# The library lives in src/. Jobs import it through the symlink workflow/scripts/hemaflow
+# (Snakemake puts a script's directory on sys.path), so conda envs and SLURM nodes need no install.
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from hemaflow.config import validate_params
 from hemaflow.grid import combos

@@ -19,7 +19,7 @@ rule ingest:
         data_input(),
     output:
         sources=SOURCES,
-        quarantine="results/reports/quarantine.csv",
+        quarantine=report("results/reports/quarantine.csv", caption="../report/quarantine.rst", category="Data", labels={"table": "quarantine"}),
         summary="results/reports/ingest.json",
     log:
         "results/logs/ingest.log",
@@ -39,7 +39,7 @@ rule split:
         SOURCES,
     output:
         splits=SPLITS_TABLE,
-        summary="results/reports/split_summary.csv",
+        summary=report("results/reports/split_summary.csv", caption="../report/split_summary.rst", category="Data", labels={"table": "split summary"}),
         notes="results/reports/split_notes.txt",
     log:
         "results/logs/split.log",

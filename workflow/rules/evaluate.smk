@@ -8,9 +8,24 @@ rule evaluate:
         metrics="results/models/{combo}/eval/metrics.json",
         predictions="results/models/{combo}/eval/predictions.parquet",
         tables=multiext("results/models/{combo}/eval/", *[f"{kind}_{split}.csv" for kind in ("confusion", "roc") for split in SPLITS]),
-        figures=multiext("results/models/{combo}/eval/", *[f"{kind}_{split}.png" for kind in ("confusion", "roc") for split in SPLITS]),
+        confusion=[
+            report(f"results/models/{{combo}}/eval/confusion_{split}.png", caption="../report/confusion.rst",
+                   category="Evaluation", subcategory="{combo}", labels={"model": "{combo}", "figure": f"confusion {split}"})
+            for split in SPLITS
+        ],
+        roc=[
+            report(f"results/models/{{combo}}/eval/roc_{split}.png", caption="../report/roc.rst",
+                   category="Evaluation", subcategory="{combo}", labels={"model": "{combo}", "figure": f"ROC {split}"})
+            for split in SPLITS
+        ],
         patients="results/models/{combo}/eval/patients.csv",
-        patients_plot="results/models/{combo}/eval/patients.png",
+        patients_plot=report(
+            "results/models/{combo}/eval/patients.png",
+            caption="../report/patients.rst",
+            category="Evaluation",
+            subcategory="{combo}",
+            labels={"model": "{combo}", "figure": "patient level"},
+        ),
     log:
         "results/logs/evaluate/{combo}.log",
     benchmark:
@@ -31,9 +46,9 @@ rule leaderboard:
         metrics=expand("results/models/{combo}/eval/metrics.json", combo=MODEL_IDS),
         infos=expand("results/models/{combo}/train.json", combo=MODEL_IDS),
     output:
-        csv="results/reports/leaderboard.csv",
+        csv=report("results/reports/leaderboard.csv", caption="../report/leaderboard.rst", category="Leaderboard", labels={"table": "leaderboard"}),
         md="results/reports/leaderboard.md",
-        png="results/reports/leaderboard.png",
+        png=report("results/reports/leaderboard.png", caption="../report/leaderboard.rst", category="Leaderboard", labels={"figure": "leaderboard"}),
         metrics="results/reports/metrics.json",
     log:
         "results/logs/leaderboard.log",

@@ -7,7 +7,12 @@ rule train:
     output:
         model="results/models/{combo}/model.keras",
         history="results/models/{combo}/history.csv",
-        curves="results/models/{combo}/curves.png",
+        curves=report(
+            "results/models/{combo}/curves.png",
+            caption="../report/curves.rst",
+            category="Training",
+            labels={"model": "{combo}", "figure": "training curves"},
+        ),
         info="results/models/{combo}/train.json",
     log:
         "results/logs/train/{combo}.log",

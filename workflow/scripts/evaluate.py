@@ -10,19 +10,21 @@ from hemaflow.manifest import read_manifest
 
 to_log(snakemake.log[0])
 records = list(snakemake.input.records)
+sources = read_manifest(snakemake.input.sources, "sources")
+classes = sources[sources["label_index"] >= 0].drop_duplicates("label_index").sort_values("label_index")
 if snakemake.params.baseline:
     import joblib
 
     from hemaflow.baseline import predict_records
 
-    pred = predict_records(joblib.load(snakemake.input.model), records, channels=snakemake.params.channels)
+    pred = predict_records(
+        joblib.load(snakemake.input.model), records, channels=snakemake.params.channels, n_classes=len(classes)
+    )
 else:
     import keras
 
     pred = predict(keras.models.load_model(snakemake.input.model), records, channels=snakemake.params.channels)
 
-sources = read_manifest(snakemake.input.sources, "sources")
-classes = sources[sources["label_index"] >= 0].drop_duplicates("label_index").sort_values("label_index")
 evaluate_predictions(
     pred,
     pd.read_parquet(snakemake.input.augmented),

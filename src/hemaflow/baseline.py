@@ -1,0 +1,130 @@
+"""Classical baseline from seed 000's literature review: shape, GLCM texture and colour
+features of the cell (scikit-image) into an RBF SVM (scikit-learn).
+
+Its predictions use `evaluate.prediction_frame`, so it is scored and ranked like any model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from skimage import color, feature, filters, measure
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from hemaflow.evaluate import prediction_frame
+from hemaflow.records import iter_records
+
+SHAPE = ["area", "perimeter", "eccentricity", "solidity", "extent", "axis_major_length", "axis_minor_length"]
+GLCM_PROPS = ["contrast", "homogeneity", "energy", "correlation"]
+GLCM_DISTANCES = [1, 2]
+GLCM_ANGLES = [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4]
+GLCM_LEVELS = 32
+FEATURE_NAMES = (
+    SHAPE
+    + [f"glcm_{p}_d{d}" for p in GLCM_PROPS for d in GLCM_DISTANCES]
+    + [f"{s}_{c}" for c in ("r", "g", "b", "h", "s", "v") for s in ("mean", "std")]
+)
+
+
+def foreground_mask(img: np.ndarray) -> np.ndarray:
+    """The cell: alpha > 0 for RGBA; for RGB, Otsu on the haematoxylin channel.
+
+    Natural-background smears are Romanowsky-stained (purple nuclei on pale or pink
+    background); colour deconvolution (`skimage.color.rgb2hed`) isolates the nuclear
+    stain, which Otsu then splits from the paler background.
+    Pure black pixels (constant fill) never count: deconvolution reads them as dense stain.
+    Black-background data such as C-NMC belong in `preprocess.background: alpha`.
+    """
+    if img.shape[2] == 4:
+        return img[..., 3] > 0
+    lit = img[..., :3].any(axis=2)
+    hema = color.rgb2hed(img[..., :3])[..., 0]
+    if not lit.any() or np.ptp(hema[lit]) == 0:
+        return lit
+    return lit & (hema > filters.threshold_otsu(hema[lit]))
+
+
+def _main_region(mask: np.ndarray):
+    """regionprops of the largest connected foreground region (the whole image if empty)."""
+    labels = measure.label(mask)
+    if labels.max() == 0:
+        labels = np.ones(mask.shape, dtype=int)
+    regions = measure.regionprops(labels)
+    return max(regions, key=lambda r: r.area), labels
+
+
+def _glcm(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """GLCM properties on the masked grey image, averaged over angles (training rotates cells).
+
+    Level 0 is reserved for background and its pairs dropped, so the texture is the cell's.
+    """
+    q = 1 + np.minimum((grey * GLCM_LEVELS).astype(int), GLCM_LEVELS - 1)
+    q[~mask] = 0
+    glcm = feature.graycomatrix(
+        q.astype(np.uint8), GLCM_DISTANCES, GLCM_ANGLES, levels=GLCM_LEVELS + 1, symmetric=True
+    )[1:, 1:]
+    return np.concatenate([feature.graycoprops(glcm, p).mean(axis=1) for p in GLCM_PROPS])
+
+
+def extract_features(img: np.ndarray) -> np.ndarray:
+    """Shape, GLCM and colour features (see FEATURE_NAMES) of one uint8 H×W×C (RGBA or RGB) cell."""
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"expected an H×W×3 or H×W×4 image, got shape {img.shape}")
+    region, labels = _main_region(foreground_mask(img))
+    mask = labels == region.label
+    rgb = img[..., :3]
+    shape = [float(getattr(region, name)) for name in SHAPE]
+    texture = _glcm(color.rgb2gray(rgb), mask)
+    rgb_in = rgb[mask].astype(np.float64) / 255.0
+    hsv_in = color.rgb2hsv(rgb)[mask]
+    colour = np.column_stack([rgb_in, hsv_in])
+    stats = np.column_stack([colour.mean(axis=0), colour.std(axis=0)]).ravel()
+    return np.concatenate([shape, texture, stats])
+
+
+def featurize_records(records: Iterable, channels: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Stream shards into (features n×F, label indices, aug_ids)."""
+    X, labels, ids = [], [], []
+    for img, label, aug_id in iter_records(records, channels):
+        X.append(extract_features(img))
+        labels.append(label)
+        ids.append(aug_id)
+    X = np.vstack(X) if X else np.zeros((0, len(FEATURE_NAMES)))
+    return X, np.asarray(labels, dtype=int), ids
+
+
+def fit_svm(X: np.ndarray, y: np.ndarray, seed: int, class_weight: str | None = None) -> Pipeline:
+    """StandardScaler + RBF SVC with Platt-scaled probabilities, seeded.
+
+    Calibrated as `SVC(probability=True)` did (Platt on 5-fold cross-validated decision
+    values, final SVC on all data), through the API scikit-learn 1.9 replaces it with;
+    `seed` shuffles the calibration folds.
+
+    `class_weight`: None or "none" (params.yaml spelling), or "balanced" (inverse class frequency).
+    """
+    if class_weight not in (None, "none", "balanced"):
+        raise ValueError(f"train.class_weight must be none or balanced, got {class_weight!r}")
+    weight = None if class_weight in (None, "none") else class_weight
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)  # the seed's only role
+    calibrated = CalibratedClassifierCV(SVC(kernel="rbf", class_weight=weight), cv=folds, ensemble=False)
+    return make_pipeline(StandardScaler(), calibrated).fit(X, y)
+
+
+def predict_svm(pipe: Pipeline, X: np.ndarray, labels, aug_ids, n_classes: int | None = None):
+    """Prediction table as `evaluate.predict` returns it (classes unseen in training get p = 0)."""
+    n_classes = int(pipe.classes_.max()) + 1 if n_classes is None else n_classes
+    proba = np.zeros((len(X), n_classes))
+    if len(X):
+        proba[:, pipe.classes_] = pipe.predict_proba(X)
+    return prediction_frame(aug_ids, labels, proba)
+
+
+def predict_records(pipe: Pipeline, records: Iterable, *, channels: int, n_classes: int | None = None):
+    """Featurize shards and predict them: the baseline's `evaluate.predict`."""
+    X, labels, ids = featurize_records(records, channels)
+    return predict_svm(pipe, X, labels, ids, n_classes)

@@ -1,0 +1,69 @@
+"""Hyperparameter combinations from params.yaml's `train` section, with readable ids."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+KEYS = ("model", "optimizer", "lr", "lr_policy", "batch_size", "dropout")
+CASTS = {"model": str, "optimizer": str, "lr": float, "lr_policy": str, "batch_size": int, "dropout": float}
+
+
+def combos(train_params: dict, seed: int) -> dict[str, dict]:
+    """combo id -> {model, optimizer, lr, lr_policy, batch_size, dropout}, in grid order.
+
+    search: grid takes the full cartesian product of train.grid; search: random takes
+    `trials` seeded draws without replacement from it (all of it when trials >= its size).
+    """
+    grid = _checked_grid(train_params.get("grid") or {})
+    rows = [dict(zip(KEYS, values)) for values in itertools.product(*(grid[k] for k in KEYS))]
+    search = train_params.get("search", "grid")
+    if search == "random":
+        trials = int(train_params.get("trials", len(rows)))
+        if trials < 1:
+            raise ValueError(f"train.trials must be at least 1, got {trials}")
+        picked = np.random.default_rng(seed).choice(len(rows), size=min(trials, len(rows)), replace=False)
+        rows = [rows[i] for i in sorted(picked)]
+    elif search != "grid":
+        raise ValueError(f"train.search must be 'grid' or 'random', got {search!r}")
+    with_dropout = len(grid["dropout"]) > 1
+    return {combo_id(row, with_dropout): row for row in rows}
+
+
+def combo_id(combo: dict, with_dropout: bool = False) -> str:
+    """Readable, filesystem-safe id, e.g. model_1_adam_lr1e-03_constant_bs64[_do0.40]."""
+    lr = _exact(combo["lr"], "e")
+    cid = f"{combo['model']}_{combo['optimizer']}_lr{lr}_{combo['lr_policy']}_bs{combo['batch_size']}"
+    return cid + (f"_do{_exact(combo['dropout'], 'f', 2)}" if with_dropout else "")
+
+
+def _exact(x: float, kind: str, digits: int = 0) -> str:
+    """Fewest digits (at least `digits`) that still read back as x, so distinct values get distinct ids."""
+    while float(text := f"{x:.{digits}{kind}}") != x and digits < 16:
+        digits += 1
+    return text
+
+
+def _checked_grid(grid: dict) -> dict[str, list]:
+    missing = [k for k in KEYS if k not in grid]
+    unknown = sorted(set(grid) - set(KEYS))
+    if missing or unknown:
+        raise ValueError(
+            f"train.grid must have exactly the keys {', '.join(KEYS)}"
+            + (f"; missing {', '.join(missing)}" if missing else "")
+            + (f"; unknown {', '.join(unknown)}" if unknown else "")
+        )
+    out = {}
+    for key in KEYS:
+        values = grid[key] if isinstance(grid[key], list) else [grid[key]]
+        values = [CASTS[key](v) for v in values]
+        if not values:
+            raise ValueError(f"train.grid.{key} is empty; list at least one value")
+        if len(set(values)) < len(values):
+            raise ValueError(f"train.grid.{key} lists a value twice: {values}")
+        for v in values:
+            if isinstance(v, str) and not v.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"train.grid.{key}: {v!r} must be letters, digits, '_' or '-' (it becomes a path)")
+        out[key] = values
+    return out

@@ -1,0 +1,74 @@
+"""Collect every combo's validation and test metrics into one ranked table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from hemaflow.evaluate import json_safe
+
+HEADLINE = ("accuracy", "balanced_accuracy", "auc", "f1", "macro_f1")
+PARAMS = ("model", "optimizer", "lr", "lr_policy", "batch_size", "dropout")
+# leaderboard column <- key of train.json (as `train.train_combo` writes it; absent ones stay empty)
+TRAIN_INFO = {"epochs": "epochs_run", "best_epoch": "best_epoch", "wall_seconds": "wall_seconds"}
+
+
+def build_leaderboard(entries: dict, rank_by: str) -> pd.DataFrame:
+    """One row per combo from {combo: (params, metrics.json, train.json or None)}, best val `rank_by` first.
+
+    Ties (and combos without the metric, which go last) are ordered by combo id.
+    """
+    names = list(HEADLINE) + ([rank_by] if rank_by not in HEADLINE else [])
+    rows = []
+    for combo, (params, scores, info) in entries.items():
+        row = {"combo": combo, **{k: params.get(k) for k in PARAMS}}
+        row.update({col: (info or {}).get(key) for col, key in TRAIN_INFO.items()})
+        for split in ("val", "test"):
+            row.update({f"{split}_{m}": scores.get(split, {}).get(m) for m in names})
+        patient = scores.get("patient", {})
+        if patient:
+            row["patient_threshold"] = patient.get("threshold")
+            row["patient_test_accuracy"] = patient.get("test", {}).get("accuracy")
+        rows.append(row)
+    board = pd.DataFrame(rows)
+    key = f"val_{rank_by}"
+    if board.empty or board[key].isna().all():
+        raise ValueError(
+            f"evaluate.rank_by {rank_by!r}: no combo has this validation metric in metrics.json "
+            f"(use one of {list(HEADLINE)}, or another key of metrics.json's 'val' section)"
+        )
+    numeric = [c for c in board.columns if c.startswith(("val_", "test_", "patient_"))]
+    board[numeric] = board[numeric].astype(float)
+    board = board.sort_values("combo", kind="stable").sort_values(
+        key, ascending=False, na_position="last", kind="stable"
+    )
+    board.insert(0, "rank", range(1, len(board) + 1))
+    return board.reset_index(drop=True)
+
+
+def write_leaderboard(df: pd.DataFrame, csv_path, md_path) -> None:
+    """The leaderboard as CSV and as a Markdown table (for the report)."""
+    for p in (csv_path, md_path):
+        Path(p).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(csv_path, index=False)
+    Path(md_path).write_text(df.to_markdown(index=False, floatfmt=".4f") + "\n")
+
+
+def headline(df: pd.DataFrame, rank_by: str) -> dict:
+    """Summary for metrics.json: the best combo, its params and val/test figures, and n combos."""
+    best = df.iloc[0]
+    figures = {
+        split: {c.removeprefix(f"{split}_"): best[c] for c in df.columns if c.startswith(f"{split}_")}
+        for split in ("val", "test")
+    }
+    out = {
+        "rank_by": rank_by,
+        "n_combos": int(len(df)),
+        "best": str(best["combo"]),
+        "params": {k: best[k] for k in PARAMS if pd.notna(best[k])},
+        **figures,
+    }
+    if "patient_test_accuracy" in df:
+        out["patient"] = {"threshold": best["patient_threshold"], "test_accuracy": best["patient_test_accuracy"]}
+    return json_safe(out)

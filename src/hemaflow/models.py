@@ -1,0 +1,211 @@
+"""The model zoo: every architecture from the seed papers, built by name.
+
+Seed 000 (Appendix B): `model_1`, `model_2`, `model_4`, `model_5`, layer for layer and with
+the printed layer names. Seed 004: `breen_cnn`. Seed 002 (5.3.1-5.3.3): `basic_cnn`,
+`alexnet`, `thanh_cnn`. Seed 003: `matek_cnn`. Every builder takes
+(input_shape, n_classes, dropout); the head is a sigmoid unit for two classes and a softmax
+otherwise, so the same architecture serves the binary and the multi-class task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras import layers
+
+Builder = Callable[[tuple[int, int, int], int, float], keras.Model]
+REGISTRY: dict[str, Builder] = {}
+
+
+def register(name: str, min_side: int):
+    """Add a builder to REGISTRY; `min_side` is the smallest input side it can reduce."""
+
+    def add(builder):
+        builder.min_side = min_side
+        REGISTRY[name] = builder
+        return builder
+
+    return add
+
+
+def build_model(name: str, input_shape, n_classes: int, dropout: float = 0.25) -> keras.Model:
+    """Build registry model `name` for `input_shape` (H, W, C) and `n_classes` classes."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r} (train.grid.model); known models: {', '.join(sorted(REGISTRY))}")
+    if n_classes < 2:
+        raise ValueError(f"{name}: n_classes must be at least 2, got {n_classes}")
+    builder = REGISTRY[name]
+    h, w, _ = input_shape
+    if min(h, w) < builder.min_side:
+        raise ValueError(
+            f"{name} needs inputs of at least {builder.min_side}x{builder.min_side} pixels, "
+            f"got {h}x{w}; raise preprocess.size or pick another model"
+        )
+    return builder(tuple(input_shape), n_classes, dropout)
+
+
+def _head(n_classes: int):
+    if n_classes == 2:
+        return layers.Dense(1, activation="sigmoid", name="dense_final")
+    return layers.Dense(n_classes, activation="softmax", name="dense_final")
+
+
+# ------------------------------------------------------------------ seed 000, Appendix B
+
+
+def _branch(x, b: int, filters, conv_from: int, pool_from: int, kernel: int = 3, convs: int = 2):
+    """Conv units of one branch (2x2 max pool between units), then global average pooling.
+
+    conv_from/pool_from reproduce the seed's layer numbering, which differs per branch.
+    """
+    for i, f in enumerate(filters):
+        if i:
+            x = layers.MaxPooling2D((2, 2), name=f"branch_{b}_mp{pool_from + i - 1}")(x)
+        for suffix in "ab"[:convs]:
+            x = layers.Conv2D(
+                f, (kernel, kernel), activation="relu", padding="same", name=f"branch_{b}_c{conv_from + i}{suffix}"
+            )(x)
+    return layers.GlobalAveragePooling2D(name=f"branch_{b}_gap")(x)
+
+
+def _dense_stage(x, units: int, dropout: float, n_classes: int):
+    x = layers.Dense(units, activation="relu", name="dense_0")(x)
+    x = layers.Dropout(dropout, name="drop_0")(x)
+    x = layers.Dense(units, activation="relu", name="dense_1")(x)
+    x = layers.Dropout(dropout, name="drop_1")(x)
+    x = layers.Dense(units, activation="relu", name="dense_2")(x)
+    return _head(n_classes)(x)
+
+
+@register("model_1", min_side=16)
+def model_1(input_shape, n_classes, dropout):
+    """Pairs of 3x3 convs + 2x2 max pool, filters doubling 16..256, GAP, 3x256 dense."""
+    inp = keras.Input(input_shape)
+    m0 = _branch(inp, 0, [16, 32, 64, 128, 256], 0, 0)
+    return keras.Model(inp, _dense_stage(m0, 256, dropout, n_classes), name="model_1")
+
+
+@register("model_2", min_side=16)
+def model_2(input_shape, n_classes, dropout):
+    """Model 1 with one 5x5 conv per unit instead of two 3x3."""
+    inp = keras.Input(input_shape)
+    m0 = _branch(inp, 0, [16, 32, 64, 128, 256], 0, 0, kernel=5, convs=1)
+    return keras.Model(inp, _dense_stage(m0, 256, dropout, n_classes), name="model_2")
+
+
+@register("model_4", min_side=16)
+def model_4(input_shape, n_classes, dropout):
+    """Model 1's branch plus a half-resolution branch (2x2 average pool), 3x512 dense."""
+    inp = keras.Input(input_shape)
+    m0 = _branch(inp, 0, [16, 32, 64, 128, 256], 0, 0)
+    x1 = layers.AveragePooling2D((2, 2), name="branch_1")(inp)
+    m1 = _branch(x1, 1, [32, 64, 128, 256], 1, 1)
+    x = layers.Concatenate(name="cat")([m0, m1])
+    return keras.Model(inp, _dense_stage(x, 512, dropout, n_classes), name="model_4")
+
+
+@register("model_5", min_side=16)
+def model_5(input_shape, n_classes, dropout):
+    """Four branches at full, 1/2, 1/4 and 1/8 resolution, filters capped at 128, 3x512 dense."""
+    inp = keras.Input(input_shape)
+    m0 = _branch(inp, 0, [16, 32, 64, 128, 128], 0, 0)
+    x1 = layers.AveragePooling2D((2, 2), name="branch_1")(inp)
+    m1 = _branch(x1, 1, [32, 64, 128, 128], 0, 1)
+    x2 = layers.AveragePooling2D((4, 4), name="branch_2")(inp)
+    m2 = _branch(x2, 2, [64, 128, 128], 0, 2)
+    x3 = layers.AveragePooling2D((8, 8), name="branch_3")(inp)
+    m3 = _branch(x3, 3, [128, 128], 0, 3)
+    x = layers.Concatenate(name="cat")([m0, m1, m2, m3])
+    return keras.Model(inp, _dense_stage(x, 512, dropout, n_classes), name="model_5")
+
+
+# ------------------------------------------------------------------ seeds 002, 003, 004
+
+
+def _sequential(name, input_shape, stack, n_classes):
+    return keras.Sequential([keras.Input(input_shape), *stack, _head(n_classes)], name=name)
+
+
+@register("breen_cnn", min_side=10)
+def breen_cnn(input_shape, n_classes, dropout):
+    """Seed 004: Conv32 3x3, max pool, Conv32 3x3, max pool, Dense 64 (Keras' default valid padding)."""
+    stack = [
+        layers.Conv2D(32, (3, 3), activation="relu"),
+        layers.MaxPooling2D((2, 2)),
+        layers.Conv2D(32, (3, 3), activation="relu"),
+        layers.MaxPooling2D((2, 2)),
+        layers.Flatten(),
+        layers.Dense(64, activation="relu"),
+    ]
+    return _sequential("breen_cnn", input_shape, stack, n_classes)
+
+
+@register("basic_cnn", min_side=22)
+def basic_cnn(input_shape, n_classes, dropout):
+    """Seed 002 5.3.1: three 3x3/1 convs of 128 filters, each followed by 2x2 max pooling; FC head."""
+    stack = []
+    for _ in range(3):
+        stack += [layers.Conv2D(128, (3, 3), activation="relu"), layers.MaxPooling2D((2, 2))]
+    return _sequential("basic_cnn", input_shape, [*stack, layers.Flatten()], n_classes)
+
+
+@register("alexnet", min_side=15)
+def alexnet(input_shape, n_classes, dropout):
+    """Seed 002 5.3.2: AlexNet's 5 convs, 3 overlapping 3x3/2 max pools and 2 dropout FC layers.
+
+    Inputs of 128 px and more get the original stem (11x11/4, widths 96-256-384-384-256,
+    FC 4096). Smaller inputs, such as 48 px cells, would shrink to 10 px before the first
+    pooling, so the stem becomes 5x5/1 and widths and FC units are quartered
+    (24-64-96-96-64, FC 1024): the same depth and pooling pattern at a CPU-sized cost.
+    """
+    small = min(input_shape[:2]) < 128
+    w1, w2, w3, w4, w5 = (24, 64, 96, 96, 64) if small else (96, 256, 384, 384, 256)
+    stem = (
+        layers.Conv2D(w1, (5, 5), padding="same", activation="relu")
+        if small
+        else layers.Conv2D(w1, (11, 11), strides=4, activation="relu")
+    )
+    fc = 1024 if small else 4096
+    stack = [
+        stem,
+        layers.MaxPooling2D((3, 3), strides=2),
+        layers.Conv2D(w2, (5, 5), padding="same", activation="relu"),
+        layers.MaxPooling2D((3, 3), strides=2),
+        layers.Conv2D(w3, (3, 3), padding="same", activation="relu"),
+        layers.Conv2D(w4, (3, 3), padding="same", activation="relu"),
+        layers.Conv2D(w5, (3, 3), padding="same", activation="relu"),
+        layers.MaxPooling2D((3, 3), strides=2),
+        layers.Flatten(),
+        layers.Dense(fc, activation="relu"),
+        layers.Dropout(dropout),
+        layers.Dense(fc, activation="relu"),
+        layers.Dropout(dropout),
+    ]
+    return _sequential("alexnet", input_shape, stack, n_classes)
+
+
+@register("thanh_cnn", min_side=36)
+def thanh_cnn(input_shape, n_classes, dropout):
+    """Seed 002 5.3.3 (Thanh et al. 2018): 5x5/1 convs of 16, 32, 64 filters, no padding,
+    each followed by 2x2/2 max pooling; one 128-unit FC layer (width not given in the seed)."""
+    stack = []
+    for f in (16, 32, 64):
+        stack += [layers.Conv2D(f, (5, 5), activation="relu"), layers.MaxPooling2D((2, 2), strides=2)]
+    stack += [layers.Flatten(), layers.Dense(128, activation="relu")]
+    return _sequential("thanh_cnn", input_shape, stack, n_classes)
+
+
+@register("matek_cnn", min_side=16)
+def matek_cnn(input_shape, n_classes, dropout):
+    """Seed 003's baseline, the sequential CNN compared with ResNeXt by Matek et al.
+
+    The seed shows it only as a figure, so the layers are a reconstruction: four blocks of
+    3x3 conv (32, 64, 128, 128 filters, same padding) + 2x2 max pool, Flatten, Dense 256,
+    Dropout, head.
+    """
+    stack = []
+    for f in (32, 64, 128, 128):
+        stack += [layers.Conv2D(f, (3, 3), padding="same", activation="relu"), layers.MaxPooling2D((2, 2))]
+    stack += [layers.Flatten(), layers.Dense(256, activation="relu"), layers.Dropout(dropout)]
+    return _sequential("matek_cnn", input_shape, stack, n_classes)

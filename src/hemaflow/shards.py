@@ -1,0 +1,206 @@
+"""Shards: preprocessed (and augmented) images as TFRecord files plus Parquet manifests.
+
+Images go to shards by a stable hash of image_id, so a shard's content does not depend on
+which machine or process builds it, and each shard is one independent Snakemake job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from skimage.util import montage
+from tqdm import tqdm
+
+from hemaflow.images import ImageRejected, load_rgb
+from hemaflow.preprocess import render_all, variants
+from hemaflow.records import encode_example, write_records
+
+# The augmented manifest (docs/architecture.md), one row per record.
+SCHEMA = pa.schema(
+    [
+        ("aug_id", pa.string()),
+        ("image_id", pa.string()),
+        ("split", pa.string()),
+        ("shard", pa.int32()),
+        ("index", pa.int32()),
+        ("label_index", pa.int16()),
+        ("rotation", pa.float64()),
+        ("mirror", pa.bool_()),
+        ("copy", pa.int32()),
+        ("flip_h", pa.bool_()),
+        ("flip_v", pa.bool_()),
+        ("shift_x", pa.float64()),
+        ("shift_y", pa.float64()),
+        ("zoom", pa.float64()),
+        ("shear", pa.float64()),
+    ]
+)
+# augment_params keys that shape the variants (`fill` goes to rendering).
+VARIANT_KEYS = ("rotations", "mirror", "random_copies", "flip", "shift", "zoom", "shear")
+# OpenCV's fast lossless setting (zlib level 1, RLE, SUB filter), pinned so shard bytes do
+# not change with OpenCV's defaults.
+PNG_PARAMS = [
+    cv2.IMWRITE_PNG_COMPRESSION, 1,
+    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB,
+]  # fmt: skip
+
+
+def shard_of(image_id: str, n: int) -> int:
+    """Shard index in [0, n) from sha256(image_id): the same on every machine and run."""
+    return int.from_bytes(hashlib.sha256(image_id.encode()).digest()[:8], "big") % n
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    """RGB(A) uint8 -> PNG bytes holding RGB(A) (OpenCV writes BGR(A) order)."""
+    code = cv2.COLOR_RGBA2BGRA if img.shape[2] == 4 else cv2.COLOR_RGB2BGR
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(img, code), PNG_PARAMS)
+    assert ok, "cv2.imencode failed on an in-memory uint8 image"
+    return buf.tobytes()
+
+
+def write_parquet(df: pd.DataFrame, path: str | Path, schema: pa.Schema = SCHEMA) -> None:
+    """Write `df` with `schema` atomically (a killed job leaves no half-written manifest)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    pq.write_table(pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False), tmp)
+    tmp.replace(path)
+
+
+def build_shard(
+    rows: pd.DataFrame,
+    *,
+    root: str | Path,
+    split: str,
+    shard: int,
+    augment: bool,
+    preprocess: Mapping,
+    augment_params: Mapping,
+    seed: int,
+    max_pixels: int,
+    out_records: str | Path,
+    out_manifest: str | Path,
+) -> pd.DataFrame:
+    """Render every image of `rows` (image_id, rel_path, label_index: this shard's images only)
+    into `out_records` and its manifest into `out_manifest`; return the manifest.
+
+    `preprocess`: render_all keywords (background, size, crop_to_content, pad_square,
+    filter). `augment_params`: rotations, mirror, random_copies, flip, shift, zoom, shear,
+    fill; ignored unless `augment` (then only the deterministic copy is written). Each
+    source is decoded once; records and rows are ordered by image_id, then variant.
+    """
+    params = augment_params if augment else {}
+    vkw = {k: params[k] for k in VARIANT_KEYS if k in params}
+    fill = params.get("fill", "nearest")
+    rows = rows.sort_values("image_id", kind="stable")
+    meta: list[dict] = []
+
+    def examples() -> Iterator[bytes]:
+        progress = tqdm(rows.itertuples(index=False), total=len(rows), desc=f"{split}/{shard:03d}", unit="image")
+        for row in progress:
+            rgb = _load(Path(root) / row.rel_path, max_pixels)
+            vs = variants(row.image_id, **vkw, seed=seed)
+            for v, img in zip(vs, render_all(rgb, vs, **preprocess, fill=fill)):
+                meta.append({**v, "split": split, "shard": shard, "index": len(meta), "label_index": row.label_index})
+                yield encode_example(encode_png(img), int(row.label_index), v["aug_id"])
+
+    Path(out_records).parent.mkdir(parents=True, exist_ok=True)
+    write_records(out_records, examples())
+    manifest = pd.DataFrame(meta, columns=SCHEMA.names)
+    write_parquet(manifest, out_manifest)
+    return manifest
+
+
+def _load(path: Path, max_pixels: int) -> np.ndarray:
+    try:
+        return load_rgb(path, max_pixels)[0]
+    except ImageRejected as e:
+        raise RuntimeError(
+            f"{path}: {e}. It passed ingest, so it has changed since; rerun ingest "
+            "(snakemake --forcerun ingest) to re-validate and quarantine it."
+        ) from e
+
+
+def merge_manifests(paths: Sequence[str | Path], out_path: str | Path) -> pd.DataFrame:
+    """Concatenate shard manifests with Dask into one Parquet file sorted by split, shard, index."""
+    import dask.dataframe as dd
+
+    df = dd.read_parquet([str(p) for p in paths]).compute()
+    df = df.sort_values(["split", "shard", "index"], kind="stable").reset_index(drop=True)
+    write_parquet(df, out_path)
+    return df
+
+
+# ---------------------------------------------------------------- contact sheet
+
+
+def contact_sheet(
+    records_paths: Sequence[str | Path],
+    manifest: pd.DataFrame,
+    out_png: str | Path,
+    *,
+    per_class: int,
+    class_names: Mapping[int, str] | Sequence[str],
+    channels: int,
+    seed: int,
+) -> np.ndarray:
+    """PNG grid of what the model sees for one split: a titled block of up to `per_class`
+    random records per class; transparency shown over a grey checkerboard. Returns the sheet."""
+    names = class_names if isinstance(class_names, Mapping) else dict(enumerate(class_names))
+    groups = {int(k): g for k, g in manifest.sort_values("aug_id").groupby("label_index")}
+    picks = {k: g.sample(min(per_class, len(g)), random_state=seed)["aug_id"].tolist() for k, g in groups.items()}
+    images = _read_records(records_paths, {a for ids in picks.values() for a in ids}, channels)
+    cols = min(per_class, 12)
+    shape = (math.ceil(per_class / cols), cols)
+    blocks = []
+    for label, ids in sorted(picks.items()):
+        tiles = np.stack([_visible(images[a]) for a in ids])
+        grid = montage(tiles, grid_shape=shape, fill=(255, 255, 255), padding_width=2, channel_axis=-1)
+        title = f"{names.get(label, label)} (label {label}): {len(ids)} of {len(groups[label])} images"
+        blocks += [_caption(title, grid.shape[1]), grid]
+    sheet = np.vstack(blocks) if blocks else _caption("no images in this split", 400)
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_png).write_bytes(encode_png(sheet))
+    return sheet
+
+
+def _read_records(paths: Sequence[str | Path], wanted: set[str], channels: int) -> dict[str, np.ndarray]:
+    """Decode only the wanted records: a training split can hold millions of images."""
+    import tensorflow as tf
+
+    from hemaflow.records import parse_example
+
+    if not wanted:
+        return {}
+    keys = tf.constant(sorted(wanted))
+    spec = {"aug_id": tf.io.FixedLenFeature([], tf.string)}
+    ds = tf.data.TFRecordDataset([str(p) for p in paths])
+    ds = ds.filter(lambda raw: tf.reduce_any(tf.equal(tf.io.parse_single_example(raw, spec)["aug_id"], keys)))
+    ds = ds.map(lambda raw: parse_example(raw, channels))
+    return {a.numpy().decode(): np.rint(img.numpy() * 255).astype(np.uint8) for img, _, a in ds}
+
+
+def _visible(img: np.ndarray, min_side: int = 96) -> np.ndarray:
+    """RGB tile, enlarged (nearest) to at least `min_side`, alpha composited over a checkerboard."""
+    if img.shape[2] == 4:
+        yy, xx = np.indices(img.shape[:2])
+        board = np.where(((yy // 4 + xx // 4) % 2 == 0)[..., None], 200, 150).astype(np.float32)
+        a = img[..., 3:].astype(np.float32) / 255
+        img = np.rint(img[..., :3] * a + board * (1 - a)).astype(np.uint8)
+    factor = max(1, math.ceil(min_side / img.shape[0]))
+    return cv2.resize(img, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+
+
+def _caption(text: str, width: int, height: int = 28) -> np.ndarray:
+    strip = np.full((height, width, 3), 255, np.uint8)
+    cv2.putText(strip, text, (4, height - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip

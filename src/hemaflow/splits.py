@@ -1,0 +1,125 @@
+"""Train/val/test assignment that never lets a patient or a set of identical images straddle splits."""
+
+from __future__ import annotations
+
+import warnings
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+SPLITS = ("train", "val", "test")
+PRIORITY = ("test", "val", "train")  # a group seen in several splits goes to the first one here
+
+
+def groups(ok: pd.DataFrame) -> pd.Series:
+    """Per image: its patient merged with every duplicate group touching it (connected components)."""
+    graph = nx.Graph()
+    graph.add_nodes_from(("image", i) for i in ok["image_id"])
+    for img, pid, dup in zip(ok["image_id"], ok["patient_id"], ok["duplicate_of"]):
+        if pd.notna(pid):
+            graph.add_edge(("image", img), ("patient", pid))
+        if pd.notna(dup):
+            graph.add_edge(("image", img), ("image", dup))
+    name = {}
+    for component in nx.connected_components(graph):
+        patients = sorted(v for k, v in component if k == "patient")
+        label = "+".join(patients) if patients else min(v for k, v in component if k == "image")
+        name.update({v: label for k, v in component if k == "image"})
+    return ok["image_id"].map(name)
+
+
+def _dataset_splits(ok: pd.DataFrame, val_fold: int, notes: list[str]) -> pd.Series:
+    folds = sorted(set(ok.loc[ok["fold"] >= 0, "fold"].tolist()))
+    if val_fold not in folds:
+        raise ValueError(f"split.val_fold: fold {val_fold} is not one of the dataset's folds {folds}")
+    split = pd.Series(
+        np.select([ok["holdout"], ok["fold"] == val_fold], ["test", "val"], default="train"), index=ok.index
+    )
+    loose = int(((ok["fold"] < 0) & ~ok["holdout"]).sum())
+    if loose:
+        notes.append(f"{loose} image(s) have neither a dataset fold nor holdout membership; they go to train")
+    if not ok["holdout"].any():
+        notes.append("the dataset has no labelled holdout: the test split is empty")
+    return split
+
+
+def _merge_straddlers(split: pd.Series, group: pd.Series, notes: list[str]) -> pd.Series:
+    """Move every group found in several splits wholly into the highest-priority one."""
+    split = split.copy()
+    for g, members in split.groupby(group):
+        present = set(members)
+        if len(present) > 1:
+            target = next(s for s in PRIORITY if s in present)
+            moved = members[members != target]
+            split[moved.index] = target
+            notes.append(
+                f"group {g}: patient or identical images span {sorted(present)}; "
+                f"{len(moved)} image(s) moved to {target}"
+            )
+    return split
+
+
+def _stratified_splits(ok: pd.DataFrame, group: pd.Series, seed: int, ratios, notes: list[str]) -> pd.Series:
+    n_test, n_val = ratios[2], ratios[1]
+    n_splits = sum(ratios)
+    n_groups = group.nunique()
+    if n_groups < n_splits:
+        raise ValueError(f"split.ratios: {list(ratios)} needs at least {n_splits} groups (patients or images), found {n_groups}")
+    fold = np.empty(len(ok), dtype=int)
+    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for k, (_, idx) in enumerate(cv.split(np.zeros(len(ok)), ok["label_index"], group)):
+            fold[idx] = k
+    notes += [str(w.message) for w in caught]
+    split = np.where(fold < n_test, "test", np.where(fold < n_test + n_val, "val", "train"))
+    return pd.Series(split, index=ok.index)
+
+
+def assign_splits(
+    sources: pd.DataFrame,
+    *,
+    seed: int,
+    ratios=(7, 2, 1),
+    use_dataset_folds: bool = True,
+    val_fold: int = 2,
+) -> tuple[pd.DataFrame, list[str]]:
+    """(image_id, split, group) for every `ok` source, and notes on merges and leakage risks.
+
+    With dataset folds (C-NMC): test = holdout, val = fold `val_fold`, train = other folds.
+    Otherwise a seeded, class-stratified, group-disjoint split in `ratios` (train:val:test).
+    """
+    ok = sources[sources["status"] == "ok"].reset_index(drop=True)
+    if ok.empty:
+        raise ValueError("no usable source image (every file is quarantined); see results/reports/quarantine.csv")
+    notes: list[str] = []
+    group = groups(ok)
+    missing = int(ok["patient_id"].isna().sum())
+    if missing == len(ok):
+        notes.append(
+            "no patient ids: split by image (identical images kept together); "
+            "patient leakage across splits cannot be ruled out"
+        )
+    elif missing:
+        notes.append(f"{missing} image(s) without patient id were split as single images; leakage cannot be ruled out for them")
+    if use_dataset_folds and ((ok["fold"] >= 0).any() or ok["holdout"].any()):
+        split = _merge_straddlers(_dataset_splits(ok, val_fold, notes), group, notes)
+    else:
+        split = _stratified_splits(ok, group, seed, ratios, notes)
+    out = pd.DataFrame({"image_id": ok["image_id"], "split": split, "group": group})
+    return out.astype("str"), notes
+
+
+def split_summary(sources: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
+    """Patients and cells per split and class."""
+    df = splits.merge(sources[["image_id", "patient_id", "label"]], on="image_id", how="left")
+    df["label"] = df["label"].fillna("(unlabelled)")
+    table = (
+        df.groupby(["split", "label"])
+        .agg(patients=("patient_id", "nunique"), cells=("image_id", "size"))
+        .reset_index()
+    )
+    table["split"] = pd.Categorical(table["split"], SPLITS, ordered=True)
+    return table.sort_values(["split", "label"], ignore_index=True).astype({"split": "str"})

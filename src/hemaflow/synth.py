@@ -1,0 +1,199 @@
+"""A deterministic synthetic replica of the C-NMC 2019 release: same layout, names and quirks.
+
+Each cell is drawn from a latent "blast-likeness" s in [0, 1]: size, contour irregularity,
+chromatin coarseness, nucleoli and darkness all grow with s, each with its own noise, and a
+minority of cells take the other class's phenotype, so the task is learnable but not
+trivial. docs/synthetic-replica.md describes the construction.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+# Fraction of cells that look like the other class (seed 000: "healthy-appearing cells in
+# leukemic samples and abnormal cells in healthy samples").
+ATYPICAL = {"all": 0.05, "hem": 0.03}
+# Mean nucleus colour (RGB, 0..1) after the C-NMC stain normalisation: a light violet.
+BASE_COLOUR = np.array([0.78, 0.62, 0.90])
+PRELIM_DIR = "validation_data/C-NMC_test_prelim_phase_data"
+PRELIM_LABELS = "validation_data/C-NMC_test_prelim_phase_data_labels.csv"
+FINAL_DIR = "testing_data/C-NMC_test_final_phase_data"
+
+
+@dataclass(frozen=True)
+class Patient:
+    pid: str  # as written in file names: "12", "H4"
+    label: str  # "all" or "hem"
+    part: str  # "train", "prelim" (labelled holdout) or "final" (unlabelled test)
+    fold: int = -1
+    lower_h: bool = False  # some files spell the prefix "h" (real: UID_h3_10_1_hem.bmp)
+
+
+def _patients(rng, folds: int, per_fold: dict, holdout: dict) -> list[Patient]:
+    """Patient ids, disjoint across folds, holdout and the one final-phase patient per class."""
+    out = []
+    for label, prefix, pool in (("all", "", 80), ("hem", "H", 50)):
+        n = folds * per_fold[label] + holdout[label] + 1
+        ids = iter(f"{prefix}{i}" for i in rng.choice(np.arange(1, max(pool, n) + 1), n, replace=False))
+        out += [Patient(next(ids), label, "train", k) for k in range(folds) for _ in range(per_fold[label])]
+        out += [Patient(next(ids), label, "prelim") for _ in range(holdout[label])]
+        out.append(Patient(next(ids), label, "final"))
+    train_hem = [i for i, p in enumerate(out) if p.label == "hem" and p.part == "train"]
+    if train_hem:
+        i = train_hem[rng.integers(len(train_hem))]
+        out[i] = Patient(out[i].pid, "hem", "train", out[i].fold, lower_h=True)
+    return out
+
+
+def _cell_names(rng, patient: Patient, n: int) -> list[str]:
+    """`UID_<patient>_<image>_<cell>_<label>.bmp`: several cells per smear image, unevenly."""
+    per_image = []
+    while sum(per_image) < n:
+        per_image.append(int(min(rng.geometric(0.45), n - sum(per_image))))
+    images = np.sort(rng.choice(np.arange(1, 3 * len(per_image) + 30), len(per_image), replace=False))
+    names = []
+    for img, k in zip(images, per_image):
+        for cell in range(1, k + 1):
+            pid = patient.pid
+            if patient.lower_h and len(names) % 2 == 1:
+                pid = "h" + pid[1:]
+            names.append(f"UID_{pid}_{img}_{cell}_{patient.label}.bmp")
+    return names
+
+
+def _stain(rng) -> np.ndarray:
+    """A patient's own colour cast: per-channel gain and overall brightness."""
+    return BASE_COLOUR * np.exp(rng.normal(0.0, 0.04, 3)) * rng.normal(1.0, 0.025)
+
+
+def _grid(size: int):
+    c = (size - 1) / 2.0
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    return x - c, y - c
+
+
+def render_cell(rng, s: float, stain: np.ndarray, size: int, grid=None) -> np.ndarray:
+    """One nucleus centred on pure black; every pixel of the nucleus has some colour."""
+    f = size / 450.0
+    # Shape: perturbed ellipse; irregularity (higher harmonics, a cleft) grows with s.
+    radius = f * (60.0 + 38.0 * s + rng.normal(0.0, 7.0))
+    aspect = np.sqrt(1.0 + rng.uniform(0.0, 0.25))
+    phi = rng.uniform(0.0, np.pi)
+    angles = np.linspace(-np.pi, np.pi, 721)
+    k = np.arange(2, 8)[:, None]
+    amp = (0.01 + 0.08 * s) * rng.uniform(0.6, 1.4, (k.size, 1)) / np.sqrt(k - 1)
+    contour = 1.0 + (amp * np.cos(k * angles + rng.uniform(0, 2 * np.pi, (k.size, 1)))).sum(0)
+    if rng.random() < s**2:
+        notch_at, depth = rng.uniform(-np.pi, np.pi), rng.uniform(0.12, 0.3)
+        d = np.angle(np.exp(1j * (angles - notch_at)))
+        contour -= depth * np.exp(-(d**2) / (2 * 0.18**2))
+    radius = min(radius, 0.47 * size / aspect / contour.max())
+    grain = f * (2.0 + 7.0 * s + rng.uniform(-1.0, 1.0))
+    value = 0.70 - 0.28 * s + rng.normal(0.0, 0.03)
+
+    # Work in the nucleus' bounding square only: most of the canvas stays black.
+    x, y = grid if grid is not None else _grid(size)
+    half = int(np.ceil(radius * contour.max() * aspect)) + 2
+    lo, hi = max(size // 2 - half, 0), min(size // 2 + half, size)
+    x, y = x[lo:hi, lo:hi], y[lo:hi, lo:hi]
+    u = (x * np.cos(phi) + y * np.sin(phi)) / aspect
+    w = (y * np.cos(phi) - x * np.sin(phi)) * aspect
+    edge = radius * np.interp(np.arctan2(w, u), angles, contour)
+    rel = np.hypot(u, w) / edge
+    inside = rel < 1.0
+
+    # Chromatin: smoothed noise, coarser grain and stronger contrast with s.
+    tex = cv2.GaussianBlur(rng.standard_normal(x.shape, dtype=np.float32), (0, 0), max(grain, 0.5))
+    tex /= max(float(tex[inside].std()), 1e-6)
+    shade = value * (1.0 + (0.05 + 0.18 * s) * tex) * (1.0 - 0.12 * np.minimum(rel, 1.0) ** 4)
+
+    # Nucleoli: pale round spots, frequent in blasts.
+    for _ in range(rng.binomial(3, 0.75 * s**1.5)):
+        r0, a0 = rng.uniform(0, 0.5) * radius, rng.uniform(-np.pi, np.pi)
+        cx, cy = r0 * np.cos(a0 + phi), r0 * np.sin(a0 + phi)
+        rad = f * rng.uniform(9.0, 16.0)
+        shade += 0.28 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * rad**2))
+
+    rgb = shade[..., None] * stain + rng.normal(0.0, 0.012, (*x.shape, 1)).astype(np.float32)
+    patch = np.clip(np.rint(rgb * 255.0), 8, 255).astype(np.uint8)
+    patch[~inside] = 0
+    out = np.zeros((size, size, 3), np.uint8)
+    out[lo:hi, lo:hi] = patch
+    return out
+
+
+def _blast_likeness(rng, label: str) -> float:
+    phenotype = label if rng.random() >= ATYPICAL[label] else ("hem" if label == "all" else "all")
+    centre = 0.74 if phenotype == "all" else 0.26
+    return float(np.clip(rng.normal(centre, 0.12), 0.0, 1.0))
+
+
+def _draw_cells(rng, patient: Patient, n: int, size: int, grid):
+    """Yield (file name, image) for one patient's cells, all under the patient's stain."""
+    stain = _stain(rng)
+    for name in _cell_names(rng, patient, n):
+        yield name, render_cell(rng, _blast_likeness(rng, patient.label), stain, size, grid)
+
+
+def _save(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb, "RGB").save(path, format="BMP")
+
+
+def generate_cnmc_replica(
+    root,
+    *,
+    seed: int,
+    folds: int,
+    patients_per_fold: dict,
+    holdout_patients: dict,
+    cells_per_patient: tuple[int, int],
+    image_size: int = 450,
+) -> None:
+    """Write the replica under `root` (built beside it, then renamed: no half-written replica)."""
+    root = Path(root)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} exists and is not empty; delete it or choose another data.root")
+    lo, hi = cells_per_patient
+    if not 1 <= lo <= hi:
+        raise ValueError(f"synthetic.cells_per_patient must be [min, max] with 1 <= min <= max, got {cells_per_patient}")
+    tmp = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ss = np.random.SeedSequence(seed)
+    rng = np.random.default_rng(ss.spawn(1)[0])
+    patients = _patients(rng, folds, patients_per_fold, holdout_patients)
+    counts = [int(rng.integers(lo, hi + 1)) if p.part != "final" else max(1, lo // 2) for p in patients]
+    # The release renamed holdout and final-phase cells 1..N in shuffled order.
+    renamed = {
+        part: iter(rng.permutation(sum(n for p, n in zip(patients, counts) if p.part == part)) + 1)
+        for part in ("prelim", "final")
+    }
+    grid = _grid(image_size)
+    labels = []
+    for patient, n, child in zip(patients, counts, ss.spawn(len(patients))):
+        for name, rgb in _draw_cells(np.random.default_rng(child), patient, n, image_size, grid):
+            if patient.part == "train":
+                _save(tmp / f"training_data/fold_{patient.fold}/{patient.label}/{name}", rgb)
+                continue
+            new = f"{next(renamed[patient.part])}.bmp"
+            _save(tmp / (PRELIM_DIR if patient.part == "prelim" else FINAL_DIR) / new, rgb)
+            if patient.part == "prelim":
+                labels.append((name, new, int(patient.label == "all")))
+    labels.sort(key=lambda row: int(row[1][:-4]))
+    (tmp / PRELIM_LABELS).parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp / PRELIM_LABELS, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["Patient_ID", "new_names", "labels"])
+        writer.writerows(labels)
+
+    if root.exists():
+        root.rmdir()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(root)

@@ -1,0 +1,86 @@
+"""Headless Chromium renders a self-contained page offline: DOM after scripts, a non-blank screenshot."""
+
+from __future__ import annotations
+
+import base64
+import io
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from browser import dump_dom, is_blank, screenshot
+
+pytestmark = pytest.mark.integration
+
+SWATCH = (200, 30, 30)
+
+
+def swatch_png_base64(size: int = 96) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), SWATCH).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture
+def report_page(tmp_path):
+    """A page like a self-contained report: a table, an inline PNG, and a row only JavaScript adds (late)."""
+    page = tmp_path / "report.html"
+    page.write_text(f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>smoke</title></head>
+<body>
+<h1>Leaderboard</h1>
+<table id="board" border="1">
+  <tr><th>model</th><th>balanced accuracy</th></tr>
+  <tr><td>cnn_small</td><td>0.91</td></tr>
+</table>
+<img id="swatch" alt="swatch" src="data:image/png;base64,{swatch_png_base64()}"
+     onload="this.dataset.decoded = this.naturalWidth">
+<script>
+  setTimeout(() => document.getElementById("board").insertAdjacentHTML(
+    "beforeend", "<tr><td>svm_rbf</td><td>0.84</td></tr>"), 1000);
+</script>
+</body></html>
+""")
+    return page
+
+
+def test_dom_has_the_table_the_decoded_image_and_the_script_added_row(chromium, report_page):
+    dom = dump_dom(report_page)
+    assert '<table id="board"' in dom and "cnn_small" in dom
+    assert 'data-decoded="96"' in dom  # the inline PNG decoded at its real size
+    assert "svm_rbf" in dom  # written by a timer: the DOM is dumped after scripts ran
+
+
+def test_screenshot_shows_the_page(chromium, report_page, tmp_path):
+    png = screenshot(report_page, tmp_path / "page.png", width=800, height=600)
+    with Image.open(png) as im:
+        assert im.size == (800, 600)
+        colours = {colour for _, colour in im.convert("RGB").getcolors(800 * 600)}
+    assert not is_blank(png)
+    assert SWATCH in colours  # the inline PNG was painted
+
+
+def test_a_text_only_table_is_not_blank(chromium, tmp_path):
+    page = tmp_path / "table.html"
+    page.write_text("<table><tr><td>cnn_small</td><td>0.91</td></tr><tr><td>svm_rbf</td><td>0.84</td></tr></table>")
+    assert not is_blank(screenshot(page, tmp_path / "table.png"))
+
+
+def test_a_snakemake_report_renders_offline(chromium, tmp_path):
+    """Snakemake's report builds its page in JavaScript: navigation exists only in the DOM after scripts ran."""
+    (tmp_path / "Snakefile").write_text('rule hello:\n    output: "hello.txt"\n    shell: "echo hi > {output}"\n')
+    snakemake = [sys.executable, "-m", "snakemake", "--cores", "1"]
+    for args in ([], ["--report", "report.html"]):
+        subprocess.run([*snakemake, *args], cwd=tmp_path, check=True, capture_output=True)
+    raw = (tmp_path / "report.html").read_text()
+    dom = dump_dom(tmp_path / "report.html")
+    assert ">Workflow<" not in raw and ">Workflow<" in dom and "<nav" in dom
+    assert not is_blank(screenshot(tmp_path / "report.html", tmp_path / "report.png"))
+
+
+def test_an_empty_page_is_detected_as_blank(chromium, tmp_path):
+    page = tmp_path / "empty.html"
+    page.write_text("<!doctype html><html><body></body></html>")
+    assert is_blank(screenshot(page, tmp_path / "empty.png", width=800, height=600))

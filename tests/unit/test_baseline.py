@@ -1,0 +1,106 @@
+import io
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.draw import disk
+
+from hemaflow import baseline, records
+from hemaflow.evaluate import prediction_frame
+
+SIZE = 48
+
+
+def cell(radius: float, rng, background: str = "alpha") -> np.ndarray:
+    """A noisy purple disc: RGBA on transparent black, or RGB on a pale pink smear background."""
+    centre = SIZE / 2 + rng.uniform(-3, 3, 2)
+    rr, cc = disk(centre, radius, shape=(SIZE, SIZE))
+    rgb = np.zeros((SIZE, SIZE, 3))
+    if background == "natural":
+        rgb[:] = (235, 215, 220)
+    rgb[rr, cc] = (110, 60, 150)
+    rgb = np.clip(rgb + rng.normal(0, 8, rgb.shape), 0, 255).astype(np.uint8)
+    if background == "natural":
+        return rgb
+    alpha = np.zeros((SIZE, SIZE, 1), np.uint8)
+    alpha[rr, cc] = 255
+    return np.concatenate([rgb * (alpha > 0), alpha], axis=2)
+
+
+def discs(n: int, seed: int):
+    """n small (label 0) and n large (label 1) discs."""
+    rng = np.random.default_rng(seed)
+    imgs = [cell(rng.uniform(5, 9), rng) for _ in range(n)] + [cell(rng.uniform(13, 18), rng) for _ in range(n)]
+    return imgs, np.array([0] * n + [1] * n)
+
+
+@pytest.mark.parametrize("background", ["alpha", "natural"])
+def test_features_are_finite_and_named(background):
+    f = baseline.extract_features(cell(10, np.random.default_rng(0), background))
+    assert f.shape == (len(baseline.FEATURE_NAMES),)
+    assert np.isfinite(f).all()
+
+
+def test_empty_alpha_still_gives_finite_features():
+    assert np.isfinite(baseline.extract_features(np.zeros((SIZE, SIZE, 4), np.uint8))).all()
+
+
+@pytest.mark.parametrize("black_corner", [False, True])
+def test_natural_background_mask_finds_the_stained_cell(black_corner):
+    img = cell(10, np.random.default_rng(0), "natural")
+    if black_corner:  # constant fill of a shifted copy: black is not stain
+        img[:20, :20] = 0  # larger than the cell
+    area = baseline.extract_features(img)[baseline.FEATURE_NAMES.index("area")]
+    assert area == pytest.approx(np.pi * 10**2, rel=0.1)
+
+
+def test_svm_separates_small_from_large_discs():
+    X_train, y_train = discs(20, seed=0)
+    X_test, y_test = discs(20, seed=1)
+    pipe = baseline.fit_svm(np.array([baseline.extract_features(i) for i in X_train]), y_train, seed=0)
+    pred = pipe.predict(np.array([baseline.extract_features(i) for i in X_test]))
+    assert (pred == y_test).mean() > 0.9
+
+
+def test_fit_is_deterministic_for_a_seed():
+    imgs, y = discs(10, seed=2)
+    X = np.array([baseline.extract_features(i) for i in imgs])
+    p1 = baseline.fit_svm(X, y, seed=3).predict_proba(X)
+    p2 = baseline.fit_svm(X, y, seed=3).predict_proba(X)
+    np.testing.assert_array_equal(p1, p2)
+    # the seed picks the calibration folds, so another seed calibrates differently
+    assert not np.allclose(p1, baseline.fit_svm(X, y, seed=4).predict_proba(X))
+
+
+def test_unknown_class_weight_is_rejected():
+    with pytest.raises(ValueError, match="train.class_weight"):
+        baseline.fit_svm(np.zeros((4, 2)), np.array([0, 1, 0, 1]), seed=0, class_weight="inverse")
+
+
+def _png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_records_to_prediction_table(tmp_path):
+    imgs, y = discs(6, seed=4)
+    path = tmp_path / "s.tfrecord"
+    ids = [f"a{k}" for k in range(len(imgs))]
+    records.write_records(path, (records.encode_example(_png(i), int(l), a) for i, l, a in zip(imgs, y, ids)))
+    X, labels, aug_ids = baseline.featurize_records([path], channels=4)
+    assert X.shape == (len(imgs), len(baseline.FEATURE_NAMES))
+    assert aug_ids == ids and labels.tolist() == y.tolist()
+    # lossless PNG round trip: the same features as from the arrays
+    np.testing.assert_allclose(X[0], baseline.extract_features(imgs[0]))
+    pipe = baseline.fit_svm(X, labels, seed=0)
+    # a three-class task where the SVM never saw class 2: that column is zero
+    pred = baseline.predict_records(pipe, [path], channels=4, n_classes=3)
+    template = prediction_frame(ids, labels, np.zeros((len(ids), 3)))
+    assert list(pred.columns) == list(template.columns)
+    assert (pred.dtypes == template.dtypes).all()
+    assert (pred["p_2"] == 0).all()
+    np.testing.assert_allclose(pred[["p_0", "p_1"]].sum(axis=1), 1.0)

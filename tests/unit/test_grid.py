@@ -1,0 +1,88 @@
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hemaflow.grid import combos
+
+GRID = {
+    "model": ["model_1", "breen_cnn"],
+    "optimizer": ["adam", "sgd"],
+    "lr": [0.001, 0.0003],
+    "lr_policy": ["constant", "triangular"],
+    "batch_size": [64],
+    "dropout": [0.25],
+}
+
+
+def params(search="grid", trials=6, **grid):
+    return {"search": search, "trials": trials, "grid": {**GRID, **grid}}
+
+
+def test_grid_is_the_full_product_with_readable_unique_ids():
+    out = combos(params(), seed=1)
+    assert len(out) == 2 * 2 * 2 * 2
+    assert "model_1_adam_lr1e-03_constant_bs64" in out
+    assert out["breen_cnn_sgd_lr3e-04_triangular_bs64"] == {
+        "model": "breen_cnn", "optimizer": "sgd", "lr": 0.0003, "lr_policy": "triangular",
+        "batch_size": 64, "dropout": 0.25,
+    }  # fmt: skip
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", cid) for cid in out)
+    assert len({tuple(c.values()) for c in out.values()}) == len(out)
+
+
+def test_ids_are_deterministic_in_grid_order():
+    first, again = combos(params(), seed=1), combos(params(), seed=2)
+    assert list(first) == list(again)
+    assert list(first)[:2] == ["model_1_adam_lr1e-03_constant_bs64", "model_1_adam_lr1e-03_triangular_bs64"]
+
+
+def test_dropout_appears_in_ids_only_when_searched():
+    out = combos(params(dropout=[0.25, 0.4], model=["model_1"]), seed=1)
+    assert "model_1_adam_lr1e-03_constant_bs64_do0.40" in out
+    assert all("_do" in cid for cid in out)
+    assert not any("_do" in cid for cid in combos(params(), seed=1))
+
+
+def test_close_values_get_distinct_ids():
+    out = combos(params(lr=[0.0002, 0.00025], dropout=[0.125, 0.12]), seed=1)
+    assert len(out) == 2 * 2 * 2 * 2 * 2
+    assert any("lr2.5e-04" in cid for cid in out) and any("_do0.125" in cid for cid in out)
+
+
+def test_random_search_is_seeded_and_within_the_grid():
+    full = combos(params(), seed=0)
+    draw = combos(params("random", trials=5), seed=7)
+    assert len(draw) == 5
+    assert all(full[cid] == combo for cid, combo in draw.items())
+    assert draw == combos(params("random", trials=5), seed=7)
+    assert list(draw) == [cid for cid in full if cid in draw]  # grid order, not draw order
+    assert set(draw) != set(combos(params("random", trials=5), seed=8))
+
+
+def test_random_search_with_more_trials_than_combinations_takes_all():
+    assert combos(params("random", trials=100), seed=3) == combos(params(), seed=3)
+
+
+def test_grid_errors_name_the_key():
+    bad = params()
+    del bad["grid"]["lr"]
+    with pytest.raises(ValueError, match="missing lr"):
+        combos(bad, seed=1)
+    with pytest.raises(ValueError, match="train.grid.lr lists a value twice"):
+        combos(params(lr=[0.001, 0.001]), seed=1)
+    with pytest.raises(ValueError, match="train.search"):
+        combos(params("bayes"), seed=1)
+    with pytest.raises(ValueError, match="train.grid.model"):
+        combos(params(model=["../model_1"]), seed=1)
+
+
+def test_the_projects_params_yaml_gives_readable_ids():
+    train = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())["train"]
+    out = combos(train, seed=2019)
+    n = 1
+    for values in train["grid"].values():
+        n *= len(values)
+    assert len(out) == (n if train["search"] == "grid" else min(n, train["trials"]))
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", cid) for cid in out)

@@ -1,0 +1,82 @@
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from hemaflow.leaderboard import build_leaderboard, headline, write_leaderboard
+
+
+def scores(val_bacc, val_acc, test_bacc=0.5, patient=None):
+    m = {
+        "val": {"accuracy": val_acc, "balanced_accuracy": val_bacc, "auc": 0.9, "f1": 0.8, "macro_f1": 0.7},
+        "test": {"accuracy": 0.6, "balanced_accuracy": test_bacc, "auc": 0.85, "f1": 0.75, "macro_f1": 0.65},
+    }
+    if patient is not None:
+        m["patient"] = {"threshold": 0.4, "val": {"accuracy": 1.0}, "test": {"accuracy": patient}}
+    return m
+
+
+def params(model, lr):
+    return {"model": model, "optimizer": "adam", "lr": lr, "lr_policy": "constant", "batch_size": 64, "dropout": 0.25}
+
+
+ENTRIES = {
+    "m1_lr1e-3": (params("model_1", 1e-3), scores(0.70, 0.90, patient=0.8), {"epochs_run": 12, "best_epoch": 7, "wall_seconds": 31.5}),
+    "m2_lr1e-3": (params("model_2", 1e-3), scores(0.85, 0.80, test_bacc=0.81, patient=0.9), {"epochs_run": 9, "best_epoch": 4, "wall_seconds": 20.0}),
+    "m1_lr3e-4": (params("model_1", 3e-4), scores(0.70, 0.95, patient=0.7), None),
+    "svm_rbf": ({"model": "svm_rbf"}, scores(0.60, 0.99, patient=0.6), {"wall_seconds": 4.0}),
+}
+
+
+def test_rows_sorted_by_the_chosen_metric_ties_by_id():
+    board = build_leaderboard(ENTRIES, "balanced_accuracy")
+    # 0.85 first; the two 0.70s in id order; the baseline last
+    assert list(board["combo"]) == ["m2_lr1e-3", "m1_lr1e-3", "m1_lr3e-4", "svm_rbf"]
+    assert list(board["rank"]) == [1, 2, 3, 4]
+    assert list(build_leaderboard(ENTRIES, "accuracy")["combo"]) == ["svm_rbf", "m1_lr3e-4", "m1_lr1e-3", "m2_lr1e-3"]
+
+
+def test_columns_carry_params_training_and_metrics():
+    board = build_leaderboard(ENTRIES, "balanced_accuracy").set_index("combo")
+    for col in ["model", "optimizer", "lr", "lr_policy", "batch_size", "dropout", "epochs", "wall_seconds",
+                "val_auc", "test_macro_f1", "patient_test_accuracy"]:
+        assert col in board.columns, col
+    assert board.loc["m2_lr1e-3", "test_balanced_accuracy"] == 0.81
+    assert board.loc["m2_lr1e-3", "patient_test_accuracy"] == 0.9
+    assert board.loc["m1_lr1e-3", "wall_seconds"] == 31.5 and board.loc["m1_lr1e-3", "epochs"] == 12
+    assert pd.isna(board.loc["m1_lr3e-4", "epochs"])  # no train.json
+    assert pd.isna(board.loc["svm_rbf", "lr"])
+
+
+def test_missing_metric_sorts_last_and_unknown_metric_is_reported():
+    entries = dict(ENTRIES, broken=(params("model_1", 1e-2), {"val": {"accuracy": 0.5}, "test": {}}, None))
+    assert build_leaderboard(entries, "balanced_accuracy")["combo"].iloc[-1] == "broken"
+    with pytest.raises(ValueError, match="evaluate.rank_by"):
+        build_leaderboard(ENTRIES, "kappa")
+
+
+def test_headline_names_the_best_combo():
+    board = build_leaderboard(ENTRIES, "balanced_accuracy")
+    h = headline(board, "balanced_accuracy")
+    assert h["best"] == "m2_lr1e-3" and h["n_combos"] == 4 and h["rank_by"] == "balanced_accuracy"
+    assert h["params"]["model"] == "model_2" and h["params"]["lr"] == 1e-3
+    assert h["val"]["balanced_accuracy"] == 0.85 and h["test"]["balanced_accuracy"] == 0.81
+    assert h["patient"]["test_accuracy"] == 0.9
+    json.dumps(h, allow_nan=False)  # strict JSON for DVC
+
+
+def test_headline_without_patient_level_or_params():
+    entries = {"svm_rbf": ({"model": "svm_rbf"}, scores(0.6, 0.6), None)}
+    h = headline(build_leaderboard(entries, "balanced_accuracy"), "balanced_accuracy")
+    assert "patient" not in h and h["params"] == {"model": "svm_rbf"}
+
+
+def test_write_leaderboard(tmp_path):
+    board = build_leaderboard(ENTRIES, "balanced_accuracy")
+    write_leaderboard(board, tmp_path / "lb.csv", tmp_path / "md" / "lb.md")
+    back = pd.read_csv(tmp_path / "lb.csv")
+    assert list(back["combo"]) == list(board["combo"])
+    assert math.isclose(back["val_balanced_accuracy"].iloc[0], 0.85)
+    md = (tmp_path / "md" / "lb.md").read_text()
+    assert md.startswith("|") and "m2_lr1e-3" in md and "0.8500" in md

@@ -1,0 +1,83 @@
+"""The default pipeline end to end on the embedded replica, and its incremental reruns."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+
+from hemaflow.grid import combos
+
+from .conftest import copy_repo, planned_jobs, snakemake, write_override
+
+pytestmark = pytest.mark.slow
+
+
+def test_data_half_leaves_every_manifest(pipeline, params):
+    m = pipeline / "results/manifests"
+    sources = pd.read_parquet(m / "sources.parquet")
+    splits = pd.read_parquet(m / "splits.parquet")
+    augmented = pd.read_parquet(m / "augmented.parquet")
+    assert (sources["status"] == "ok").all()  # the replica has no bad files
+    assert set(splits["split"]) == {"train", "val", "test"}
+    for split, n in params["augment"]["shards"].items():
+        assert len(list((pipeline / "results/shards" / split).glob("*.tfrecord"))) == n
+        assert (pipeline / f"results/reports/contact_sheets/{split}.png").stat().st_size > 10_000
+    copies = params["augment"]["rotations"] * (2 if params["augment"]["mirror"] else 1)
+    per_image = augmented.groupby("image_id").size()
+    train_ids = set(splits.loc[splits["split"] == "train", "image_id"])
+    assert (per_image[per_image.index.isin(train_ids)] == copies).all()
+    assert (per_image[~per_image.index.isin(train_ids)] == 1).all()
+
+
+def test_leaderboard_has_every_combination_and_the_best_is_well_above_chance(pipeline, params):
+    board = pd.read_csv(pipeline / "results/reports/leaderboard.csv")
+    expected = set(combos(params["train"], params["seed"])) | {"svm_rbf"}
+    assert set(board["combo"]) == expected
+    head = json.loads((pipeline / "results/reports/metrics.json").read_text())
+    best = head["best"]
+    metrics = json.loads((pipeline / f"results/models/{best}/eval/metrics.json").read_text())
+    # held-out replica patients (the C-NMC prelim-phase layout): the test split
+    assert metrics["test"]["balanced_accuracy"] >= 0.85, metrics["test"]
+
+
+def test_rerun_with_nothing_changed_does_no_work(pipeline):
+    assert planned_jobs(pipeline) == {}
+
+
+def test_changing_augmentation_reruns_only_train_shards_and_downstream(pipeline, params):
+    override = write_override(pipeline, "more_rotations.yaml", {"augment": {"rotations": params["augment"]["rotations"] + 2}})
+    jobs = planned_jobs(pipeline, "--configfile", override)
+    n_models = len(combos(params["train"], params["seed"]))
+    assert jobs.get("augment_shard") == params["augment"]["shards"]["train"]
+    assert jobs.get("train") == n_models and jobs.get("evaluate") == n_models + 1
+    assert {"synthesize", "ingest", "split"}.isdisjoint(jobs)
+    assert jobs.get("contact_sheet") == 1  # the train sheet only
+
+
+def test_changing_one_learning_rate_reruns_only_its_combinations(pipeline, params):
+    grid = dict(params["train"]["grid"])
+    grid["lr"] = [grid["lr"][0], 0.0005]
+    override = write_override(pipeline, "new_lr.yaml", {"train": {"grid": grid}})
+    jobs = planned_jobs(pipeline, "--configfile", override)
+    new = len(combos({**params["train"], "grid": grid}, params["seed"])) // len(grid["lr"])
+    assert jobs == {"train": new, "evaluate": new, "leaderboard": 1}
+
+
+def _digest(paths):
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_params_and_seed_give_identical_data_artifacts(pipeline, tmp_path):
+    """A second clean copy rebuilds replica, manifests, splits and shards byte for byte."""
+    other = copy_repo(tmp_path)
+    snakemake(other, "results/manifests/augmented.parquet")
+    for pattern in ["results/manifests/*.parquet", "results/manifests/shards/*/*.parquet", "results/shards/*/*.tfrecord"]:
+        a, b = sorted(pipeline.glob(pattern)), sorted(other.glob(pattern))
+        assert [p.relative_to(pipeline) for p in a] == [p.relative_to(other) for p in b]
+        assert _digest(a) == _digest(b), pattern
