@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CORES  ?= all
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint pull clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -25,6 +25,14 @@ test: setup
 
 lint: setup
 	$(BIN)/snakemake --lint
+
+# Reviewers: fetch every artifact, check it matches the committed code and params, then
+# record it as current for Snakemake (dvc pull leaves fresh mtimes in no particular order;
+# docs/dvc-and-snakemake.md explains why the touch is needed and when it is safe).
+pull: setup
+	$(BIN)/dvc pull
+	@$(BIN)/dvc status --quiet || { $(BIN)/dvc status; echo "dvc status is not clean: the pulled outputs do not match this checkout; not adopting them." >&2; exit 1; }
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --touch --forceall --cores 1 --quiet
 
 clean:
 	rm -rf results/* .snakemake data/raw/cnmc-replica

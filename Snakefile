@@ -18,7 +18,31 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 
 
+localrules:
+    all,
+    prepare,
+    models,
+    evaluation,
+
+
 rule all:
     input:
-        get_final_output(),
+        prepared_data(),
+        evaluation_reports(),
     default_target: True
+
+
+# One target per DVC stage (dvc.yaml): `snakemake prepare` builds the data half only.
+rule prepare:
+    input:
+        prepared_data(),
+
+
+rule models:
+    input:
+        trained_models(),
+
+
+rule evaluation:
+    input:
+        evaluation_reports(),

@@ -35,8 +35,10 @@ def main() -> None:
     train_folds = int((cands["fold"] >= 0).sum())
     holdout = int(cands["holdout"].sum())
     copies = args.rotations * 2
-    print(f"index: {len(cands):,} labelled candidates ({train_folds:,} in training folds, {holdout:,} holdout)")
-    print(f"seed 000 recipe: {len(cands):,} cells x {args.rotations} rotations x mirror = {len(cands) * copies:,} images")
+    names = sum(1 for line in open(index) if line.strip())
+    print(f"index: {names:,} names, {len(cands):,} labelled ({train_folds:,} in training folds, {holdout:,} holdout)")
+    print(f"seed 000 recipe on the training folds: {train_folds:,} cells x {args.rotations} rotations x mirror"
+          f" = {train_folds * copies:,} images")
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(adapter="cnmc", name="cnmc", root="/nonexistent/C-NMC_Leukemia", index=str(index))

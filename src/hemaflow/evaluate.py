@@ -111,8 +111,13 @@ def evaluate_predictions(
     class_names,
     positive_class: str | None,
     out_dir,
+    table_pattern: str | None = None,
 ) -> dict:
-    """Score every split in `pred` and write metrics.json, tables and figures to `out_dir`."""
+    """Score every split in `pred` and write metrics.json, predictions and figures to `out_dir`.
+
+    The CSV tables behind the figures go to `table_pattern` formatted with {kind} (confusion,
+    roc) and {split}; by default out_dir/{kind}_{split}.csv.
+    """
     names = list(class_names)
     binary = len(names) == 2
     positive = 1
@@ -122,6 +127,13 @@ def evaluate_predictions(
         positive = names.index(positive_class)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    pattern = table_pattern or str(out / "{kind}_{split}.csv")
+
+    def table(kind: str, split: str) -> Path:
+        path = Path(pattern.format(kind=kind, split=split))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
     images = per_image(pred, augmented, sources, names)
     images.to_parquet(out / "predictions.parquet", index=False)
     cols = [f"p_{c}" for c in range(len(names))]
@@ -132,12 +144,12 @@ def evaluate_predictions(
         y, proba = d["label_index"].to_numpy(int), d[cols].to_numpy()
         result[split] = metrics.cell_metrics(y, proba, names, positive=positive)
         pd.DataFrame({"actual": d["label"], "predicted": d["predicted_label"]}).to_csv(
-            out / f"confusion_{split}.csv", index=False  # one row per image: DVC's template counts rows
+            table("confusion", split), index=False  # one row per image: DVC's template counts rows
         )
-        table = metrics.confusion_table(y, d["predicted"], names)
-        plots.confusion_matrix(table, out / f"confusion_{split}.png", title=f"{split} confusion matrix")
+        counts = metrics.confusion_table(y, d["predicted"], names)
+        plots.confusion_matrix(counts, out / f"confusion_{split}.png", title=f"{split} confusion matrix")
         roc = metrics.roc_table(y, proba, names, positive=positive)
-        roc.to_csv(out / f"roc_{split}.csv", index=False)
+        roc.to_csv(table("roc", split), index=False)
         plots.roc_curves(roc, out / f"roc_{split}.png", title=f"{split} ROC curve")
 
     # patient level for binary tasks with patient ids; the (then empty) files are always
@@ -163,6 +175,8 @@ def json_safe(obj):
         return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
+    if obj is pd.NA:
+        return None
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):

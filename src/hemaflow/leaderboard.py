@@ -12,6 +12,10 @@ HEADLINE = ("accuracy", "balanced_accuracy", "auc", "f1", "macro_f1")
 PARAMS = ("model", "optimizer", "lr", "lr_policy", "batch_size", "dropout")
 # leaderboard column <- key of train.json (as `train.train_combo` writes it; absent ones stay empty)
 TRAIN_INFO = {"epochs": "epochs_run", "best_epoch": "best_epoch", "wall_seconds": "wall_seconds"}
+# Whole numbers, empty for the classical baseline (nullable, so they never print as 64.0).
+COUNTS = ("batch_size", "epochs", "best_epoch")
+# Per combination in metrics.json, so `dvc metrics show` lists every combination.
+PER_COMBO = ("test_balanced_accuracy", "test_auc", "patient_test_accuracy")
 
 
 def build_leaderboard(entries: dict, rank_by: str) -> pd.DataFrame:
@@ -40,6 +44,7 @@ def build_leaderboard(entries: dict, rank_by: str) -> pd.DataFrame:
         )
     numeric = [c for c in board.columns if c.startswith(("val_", "test_", "patient_"))]
     board[numeric] = board[numeric].astype(float)
+    board[list(COUNTS)] = board[list(COUNTS)].astype("Int64")
     board = board.sort_values("combo", kind="stable").sort_values(
         key, ascending=False, na_position="last", kind="stable"
     )
@@ -52,11 +57,14 @@ def write_leaderboard(df: pd.DataFrame, csv_path, md_path) -> None:
     for p in (csv_path, md_path):
         Path(p).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(csv_path, index=False)
-    Path(md_path).write_text(df.to_markdown(index=False, floatfmt=".4f") + "\n")
+    fmt = tuple("g" if c in ("lr", "dropout") else ".1f" if c == "wall_seconds" else ".4f" for c in df.columns)
+    cells = df.astype(object).where(df.notna(), None)  # the baseline has no lr, batch size, ...
+    Path(md_path).write_text(cells.to_markdown(index=False, floatfmt=fmt, missingval="") + "\n")
 
 
 def headline(df: pd.DataFrame, rank_by: str) -> dict:
-    """Summary for metrics.json: the best combo, its params and val/test figures, and n combos."""
+    """Summary for metrics.json: the best combo, its params and val/test figures, n combos, and a
+    few figures of every combo (validation `rank_by`, test balanced accuracy and AUC, patient accuracy)."""
     best = df.iloc[0]
     figures = {
         split: {c.removeprefix(f"{split}_"): best[c] for c in df.columns if c.startswith(f"{split}_")}
@@ -71,4 +79,6 @@ def headline(df: pd.DataFrame, rank_by: str) -> dict:
     }
     if "patient_test_accuracy" in df:
         out["patient"] = {"threshold": best["patient_threshold"], "test_accuracy": best["patient_test_accuracy"]}
+    columns = [f"val_{rank_by}", *(c for c in PER_COMBO if c in df and c != f"val_{rank_by}")]
+    out["combos"] = {row["combo"]: {c: row[c] for c in columns} for _, row in df.iterrows()}
     return json_safe(out)

@@ -45,6 +45,8 @@ def _schema(name: str) -> pa.Schema:
 
 def _kind_ok(series: pd.Series, type_: pa.DataType) -> bool:
     """Pandas dtype kind compatible with the arrow type (no bool-as-int, no float-as-int)."""
+    if series.empty:  # an empty shard: nothing to convert by accident
+        return True
     kind = series.dtype.kind
     if pa.types.is_boolean(type_):
         return kind == "b"

@@ -14,35 +14,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from skimage.util import montage
 from tqdm import tqdm
 
 from hemaflow.images import ImageRejected, load_rgb
+from hemaflow.manifest import SCHEMAS, write_manifest
 from hemaflow.preprocess import render_all, variants
 from hemaflow.records import encode_example, write_records
 
-# The augmented manifest (docs/architecture.md), one row per record.
-SCHEMA = pa.schema(
-    [
-        ("aug_id", pa.string()),
-        ("image_id", pa.string()),
-        ("split", pa.string()),
-        ("shard", pa.int32()),
-        ("index", pa.int32()),
-        ("label_index", pa.int16()),
-        ("rotation", pa.float64()),
-        ("mirror", pa.bool_()),
-        ("copy", pa.int32()),
-        ("flip_h", pa.bool_()),
-        ("flip_v", pa.bool_()),
-        ("shift_x", pa.float64()),
-        ("shift_y", pa.float64()),
-        ("zoom", pa.float64()),
-        ("shear", pa.float64()),
-    ]
-)
 # augment_params keys that shape the variants (`fill` goes to rendering).
 VARIANT_KEYS = ("rotations", "mirror", "random_copies", "flip", "shift", "zoom", "shear")
 # OpenCV's fast lossless setting (zlib level 1, RLE, SUB filter), pinned so shard bytes do
@@ -65,15 +44,6 @@ def encode_png(img: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", cv2.cvtColor(img, code), PNG_PARAMS)
     assert ok, "cv2.imencode failed on an in-memory uint8 image"
     return buf.tobytes()
-
-
-def write_parquet(df: pd.DataFrame, path: str | Path, schema: pa.Schema = SCHEMA) -> None:
-    """Write `df` with `schema` atomically (a killed job leaves no half-written manifest)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    pq.write_table(pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False), tmp)
-    tmp.replace(path)
 
 
 def build_shard(
@@ -115,8 +85,8 @@ def build_shard(
 
     Path(out_records).parent.mkdir(parents=True, exist_ok=True)
     write_records(out_records, examples())
-    manifest = pd.DataFrame(meta, columns=SCHEMA.names)
-    write_parquet(manifest, out_manifest)
+    manifest = pd.DataFrame(meta, columns=SCHEMAS["augmented"].names)
+    write_manifest(manifest, out_manifest, "augmented")
     return manifest
 
 
@@ -136,7 +106,7 @@ def merge_manifests(paths: Sequence[str | Path], out_path: str | Path) -> pd.Dat
 
     df = dd.read_parquet([str(p) for p in paths]).compute()
     df = df.sort_values(["split", "shard", "index"], kind="stable").reset_index(drop=True)
-    write_parquet(df, out_path)
+    write_manifest(df, out_path, "augmented")
     return df
 
 

@@ -1,6 +1,6 @@
 """Train one hyperparameter combination: seeded, resumable, outputs written atomically.
 
-Outputs in out_dir: history.csv, curves.png, train.json and, last, model.keras, so a
+Outputs in out_dir: history.csv (or history_path), curves.png, train.json and, last, model.keras, so a
 model file only exists once everything else is in place. While training, out_dir/_resume
 holds Keras' BackupAndRestore checkpoint, the partial history and the best weights so far;
 rerunning an interrupted job continues from its last finished epoch.
@@ -44,11 +44,13 @@ def train_combo(
     class_counts: dict[int, int] | None = None,
     seed: int,
     out_dir: str | os.PathLike,
+    history_path: str | os.PathLike | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict:
     """Fit combo {model, optimizer, lr, lr_policy, batch_size, dropout}; return what train.json holds.
 
-    Epochs are numbered from 1 in history.csv and best_epoch, as in Keras' log.
+    Epochs are numbered from 1 in history.csv and best_epoch, as in Keras' log; the history
+    goes to `history_path` (default out_dir/history.csv).
     wall_seconds covers this call only (the last leg of a resumed job).
     `callbacks` are appended after the pipeline's own (tests use them to interrupt a run).
     """
@@ -105,7 +107,7 @@ def train_combo(
         "n_train": n_train,
         "n_val": n_val,
     }
-    _write_outputs(out, model, history, info)
+    _write_outputs(out, Path(history_path or out / "history.csv"), model, history, info)
     shutil.rmtree(resume, ignore_errors=True)
     return info
 
@@ -208,10 +210,11 @@ def _atomic(path: Path, write) -> None:
     tmp.replace(path)
 
 
-def _write_outputs(out: Path, model: keras.Model, history: pd.DataFrame, info: dict) -> None:
+def _write_outputs(out: Path, history_path: Path, model: keras.Model, history: pd.DataFrame, info: dict) -> None:
     from hemaflow.plots import training_curves  # matplotlib only once training is done
 
-    _atomic(out / "history.csv", lambda p: history.to_csv(p, index=False))
+    history_path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(history_path, lambda p: history.to_csv(p, index=False))
     _atomic(out / "curves.png", lambda p: training_curves(history, info["best_epoch"], p))
     _atomic(out / "train.json", lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
     _atomic(out / "model.keras", model.save)  # last: its presence means the job finished

@@ -1,4 +1,4 @@
-"""Fixtures for the integration tests: an isolated tool environment, an S3 server on loopback, Chromium."""
+"""Fixtures for the integration tests: an S3 server on loopback, Chromium, a single-node Slurm."""
 
 from __future__ import annotations
 
@@ -11,25 +11,11 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 import browser
-from dvc_roundtrip import tool_env as make_tool_env
+from harness import S3_KEYS
+from slurm_cluster import slurm_cluster_fixture
 
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-
-
-@pytest.fixture(scope="session")
-def tool_env(tmp_path_factory) -> dict[str, str]:
-    """Environment for git/dvc/snakemake: venv on PATH, HOME and DVC config in a temporary directory."""
-    return make_tool_env(
-        tmp_path_factory.mktemp("home"),
-        {
-            **S3_KEYS,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            # botocore must never look for credentials on the instance-metadata address.
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost",
-        },
-    )
+# Started once for all Slurm tests (installing it the first time), stopped at the end.
+slurm = slurm_cluster_fixture(name="slurm", scope="session")
 
 
 @pytest.fixture(scope="module")

@@ -8,57 +8,13 @@ from __future__ import annotations
 
 import filecmp
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import yaml
 
-BIN = Path(sys.executable).parent
-
-
-def tool_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for git/dvc/snakemake subprocesses: the venv first on PATH, config isolated in `home`, no phoning home."""
-    dvc_global = home / "dvc-global"
-    dvc_global.mkdir(parents=True, exist_ok=True)
-    # DVC's updater and analytics would otherwise try the network on some invocations.
-    (dvc_global / "config").write_text("[core]\n    analytics = false\n    check_update = false\n")
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "HOME": str(home),
-        "XDG_CACHE_HOME": str(home / "cache"),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_AUTHOR_NAME": "hemaflow-test",
-        "GIT_AUTHOR_EMAIL": "test@localhost",
-        "GIT_COMMITTER_NAME": "hemaflow-test",
-        "GIT_COMMITTER_EMAIL": "test@localhost",
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_GLOBAL_CONFIG_DIR": str(dvc_global),
-        "DVC_SITE_CACHE_DIR": str(home / "dvc-site-cache"),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    env.update(extra or {})
-    return env
-
-
-def _default_env() -> dict[str, str]:
-    """The caller's environment with the venv first on PATH (so dvc.yaml's `snakemake` is this one)."""
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
-def run(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run a command; on failure raise with its full output, which is what one needs to debug it."""
-    env = dict(env) if env is not None else _default_env()
-    proc = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"`{' '.join(map(str, args))}` failed in {cwd} (exit {proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
-        )
-    return proc
+from harness import planned_jobs, run
 
 
 def push_clone_pull(
@@ -110,25 +66,8 @@ def dvc_status_clean(repo: Path, env: Mapping[str, str] | None = None) -> bool:
     return dvc_status(repo, env) == {}
 
 
-def snakemake_planned_jobs(repo: Path, env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> dict[str, int]:
-    """Rule -> number of jobs `snakemake -n` would run ({} when there is nothing to do)."""
-    proc = run(["snakemake", "-n", *args], repo, env)
-    text = proc.stdout + proc.stderr
-    if "Nothing to be done" in text:
-        return {}
-    jobs = {}
-    for line in text.partition("Job stats:")[2].splitlines()[3:]:
-        m = re.match(r"^(\S+)\s+(\d+)\b", line.strip())
-        if not m or m.group(1) == "total":
-            break
-        jobs[m.group(1)] = int(m.group(2))
-    if not jobs:
-        raise RuntimeError(f"Unrecognised `snakemake -n` output in {repo}:\n{text[-4000:]}")
-    return jobs
-
-
 def snakemake_dry_run_nothing_to_do(repo: Path, env: Mapping[str, str] | None = None) -> bool:
-    return snakemake_planned_jobs(repo, env) == {}
+    return planned_jobs(repo, env) == {}
 
 
 def dvc_repro(repo: Path, env: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:

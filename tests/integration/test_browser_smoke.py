@@ -1,11 +1,9 @@
-"""Headless Chromium renders a self-contained page offline: DOM after scripts, a non-blank screenshot."""
+"""The browser helpers themselves: headless Chromium renders a self-contained page offline (DOM after scripts, a non-blank screenshot)."""
 
 from __future__ import annotations
 
 import base64
 import io
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
@@ -66,21 +64,3 @@ def test_a_text_only_table_is_not_blank(chromium, tmp_path):
     page = tmp_path / "table.html"
     page.write_text("<table><tr><td>cnn_small</td><td>0.91</td></tr><tr><td>svm_rbf</td><td>0.84</td></tr></table>")
     assert not is_blank(screenshot(page, tmp_path / "table.png"))
-
-
-def test_a_snakemake_report_renders_offline(chromium, tmp_path):
-    """Snakemake's report builds its page in JavaScript: navigation exists only in the DOM after scripts ran."""
-    (tmp_path / "Snakefile").write_text('rule hello:\n    output: "hello.txt"\n    shell: "echo hi > {output}"\n')
-    snakemake = [sys.executable, "-m", "snakemake", "--cores", "1"]
-    for args in ([], ["--report", "report.html"]):
-        subprocess.run([*snakemake, *args], cwd=tmp_path, check=True, capture_output=True)
-    raw = (tmp_path / "report.html").read_text()
-    dom = dump_dom(tmp_path / "report.html")
-    assert ">Workflow<" not in raw and ">Workflow<" in dom and "<nav" in dom
-    assert not is_blank(screenshot(tmp_path / "report.html", tmp_path / "report.png"))
-
-
-def test_an_empty_page_is_detected_as_blank(chromium, tmp_path):
-    page = tmp_path / "empty.html"
-    page.write_text("<!doctype html><html><body></body></html>")
-    assert is_blank(screenshot(page, tmp_path / "empty.png", width=800, height=600))

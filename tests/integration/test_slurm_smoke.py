@@ -4,11 +4,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from slurm_cluster import run_snakemake_on_slurm, sacct_states, slurm_cluster_fixture
+from slurm_cluster import run_snakemake_on_slurm, sacct_states
 
 pytestmark = pytest.mark.integration
-
-slurm = slurm_cluster_fixture(name="slurm", scope="module")
 
 # Each job records where it ran; `wide` asks for two threads, which the profile turns
 # into --cpus-per-task=2.

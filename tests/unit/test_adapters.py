@@ -11,8 +11,8 @@ import pytest
 
 from hemaflow.adapters import list_candidates
 
-REFERENCE_INDEX = Path("/work/shared/reference/cnmc-file-index.txt")
-BCCD = Path("/work/shared/data/bccd-wbc")
+REFERENCE_INDEX = Path(__file__).resolve().parents[3] / "shared/reference/cnmc-file-index.txt"
+BCCD = Path(__file__).resolve().parents[3] / "shared/data/bccd-wbc"
 PRELIM = "validation_data/C-NMC_test_prelim_phase_data"
 LABELS = "validation_data/C-NMC_test_prelim_phase_data_labels.csv"
 

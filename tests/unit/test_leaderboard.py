@@ -63,6 +63,10 @@ def test_headline_names_the_best_combo():
     assert h["params"]["model"] == "model_2" and h["params"]["lr"] == 1e-3
     assert h["val"]["balanced_accuracy"] == 0.85 and h["test"]["balanced_accuracy"] == 0.81
     assert h["patient"]["test_accuracy"] == 0.9
+    # every combination's figures, for `dvc metrics show`
+    assert set(h["combos"]) == set(ENTRIES)
+    assert h["combos"]["m2_lr1e-3"] == {"val_balanced_accuracy": 0.85, "test_balanced_accuracy": 0.81,
+                                        "test_auc": 0.85, "patient_test_accuracy": 0.9}
     json.dumps(h, allow_nan=False)  # strict JSON for DVC
 
 
@@ -78,5 +82,12 @@ def test_write_leaderboard(tmp_path):
     back = pd.read_csv(tmp_path / "lb.csv")
     assert list(back["combo"]) == list(board["combo"])
     assert math.isclose(back["val_balanced_accuracy"].iloc[0], 0.85)
+    md = (tmp_path / "md" / "lb.md").read_text().splitlines()
+    first, baseline = md[2].split("|"), md[-1].split("|")
+    columns = [c.strip() for c in md[0].split("|")]
+    # whole numbers stay whole (also next to the baseline's empty cells), small learning rates readable
+    assert first[columns.index("batch_size")].strip() == "64"
+    assert first[columns.index("lr")].strip() == "0.001"
+    assert baseline[columns.index("batch_size")].strip() in ("", "<NA>")
     md = (tmp_path / "md" / "lb.md").read_text()
     assert md.startswith("|") and "m2_lr1e-3" in md and "0.8500" in md

@@ -15,7 +15,8 @@ from PIL import Image  # noqa: E402
 
 from hemaflow import preprocess as P  # noqa: E402
 from hemaflow.records import iter_records  # noqa: E402
-from hemaflow.shards import SCHEMA, build_shard, contact_sheet, merge_manifests, shard_of  # noqa: E402
+from hemaflow.manifest import SCHEMAS  # noqa: E402
+from hemaflow.shards import build_shard, contact_sheet, merge_manifests, shard_of  # noqa: E402
 
 PREPROCESS = dict(background="alpha", size=24, crop_to_content=True, pad_square=True, filter="none")
 AUGMENT = dict(rotations=2, mirror=True, random_copies=1, flip=True, shift=0.1, zoom=0.1, shear=10.0, fill="nearest")
@@ -69,7 +70,7 @@ def test_shard_of_is_stable_across_processes_and_roughly_uniform():
 
 def test_build_shard_round_trip(dataset, tmp_path):
     manifest = build(dataset, tmp_path)
-    assert list(manifest.columns) == SCHEMA.names
+    assert list(manifest.columns) == SCHEMAS["augmented"].names
     assert len(manifest) == 5 * 2 * 2 * 2  # images x rotations x mirror x (deterministic + 1 random)
     assert manifest["index"].tolist() == list(range(len(manifest)))
     assert manifest["image_id"].is_monotonic_increasing
@@ -107,7 +108,7 @@ def test_unaugmented_split_gets_one_deterministic_copy(dataset, tmp_path):
 def test_empty_shard_still_writes_valid_files(dataset, tmp_path):
     manifest = build(dataset, tmp_path, rows=dataset[1].iloc[:0])
     assert manifest.empty
-    assert list(pd.read_parquet(tmp_path / "train.parquet").columns) == SCHEMA.names
+    assert list(pd.read_parquet(tmp_path / "train.parquet").columns) == SCHEMAS["augmented"].names
     assert list(iter_records([tmp_path / "train.tfrecord"], channels=4)) == []
 
 

@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from hemaflow.synth import generate_cnmc_replica
 
-REFERENCE_INDEX = Path("/work/shared/reference/cnmc-file-index.txt")
+REFERENCE_INDEX = Path(__file__).resolve().parents[3] / "shared/reference/cnmc-file-index.txt"
 
 # The real release's paths (reference index, release folder stripped) all match one of these.
 TRAIN = re.compile(r"^training_data/fold_(\d+)/(all|hem)/UID_(H?\d+|h\d+)_(\d+)_(\d+)_(all|hem)\.bmp$")

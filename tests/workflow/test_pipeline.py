@@ -10,7 +10,7 @@ import pytest
 
 from hemaflow.grid import combos
 
-from .conftest import copy_repo, planned_jobs, snakemake, write_override
+from harness import copy_repo, planned_jobs, snakemake, write_override
 
 pytestmark = pytest.mark.slow
 
@@ -38,18 +38,18 @@ def test_leaderboard_has_every_combination_and_the_best_is_well_above_chance(pip
     assert set(board["combo"]) == expected
     head = json.loads((pipeline / "results/reports/metrics.json").read_text())
     best = head["best"]
-    metrics = json.loads((pipeline / f"results/models/{best}/eval/metrics.json").read_text())
+    metrics = json.loads((pipeline / f"results/evaluation/{best}/metrics.json").read_text())
     # held-out replica patients (the C-NMC prelim-phase layout): the test split
     assert metrics["test"]["balanced_accuracy"] >= 0.85, metrics["test"]
 
 
-def test_rerun_with_nothing_changed_does_no_work(pipeline):
-    assert planned_jobs(pipeline) == {}
+def test_rerun_with_nothing_changed_does_no_work(pipeline, tool_env):
+    assert planned_jobs(pipeline, tool_env) == {}
 
 
-def test_changing_augmentation_reruns_only_train_shards_and_downstream(pipeline, params):
-    override = write_override(pipeline, "more_rotations.yaml", {"augment": {"rotations": params["augment"]["rotations"] + 2}})
-    jobs = planned_jobs(pipeline, "--configfile", override)
+def test_changing_augmentation_reruns_only_train_shards_and_downstream(pipeline, params, tool_env, tmp_path):
+    override = write_override(tmp_path, "more_rotations.yaml", {"augment": {"rotations": params["augment"]["rotations"] + 2}})
+    jobs = planned_jobs(pipeline, tool_env, "--configfile", override)
     n_models = len(combos(params["train"], params["seed"]))
     assert jobs.get("augment_shard") == params["augment"]["shards"]["train"]
     assert jobs.get("train") == n_models and jobs.get("evaluate") == n_models + 1
@@ -57,11 +57,11 @@ def test_changing_augmentation_reruns_only_train_shards_and_downstream(pipeline,
     assert jobs.get("contact_sheet") == 1  # the train sheet only
 
 
-def test_changing_one_learning_rate_reruns_only_its_combinations(pipeline, params):
+def test_changing_one_learning_rate_reruns_only_its_combinations(pipeline, params, tool_env, tmp_path):
     grid = dict(params["train"]["grid"])
     grid["lr"] = [grid["lr"][0], 0.0005]
-    override = write_override(pipeline, "new_lr.yaml", {"train": {"grid": grid}})
-    jobs = planned_jobs(pipeline, "--configfile", override)
+    override = write_override(tmp_path, "new_lr.yaml", {"train": {"grid": grid}})
+    jobs = planned_jobs(pipeline, tool_env, "--configfile", override)
     new = len(combos({**params["train"], "grid": grid}, params["seed"])) // len(grid["lr"])
     assert jobs == {"train": new, "evaluate": new, "leaderboard": 1}
 
@@ -73,10 +73,10 @@ def _digest(paths):
     return h.hexdigest()
 
 
-def test_same_params_and_seed_give_identical_data_artifacts(pipeline, tmp_path):
+def test_same_params_and_seed_give_identical_data_artifacts(pipeline, tmp_path, tool_env):
     """A second clean copy rebuilds replica, manifests, splits and shards byte for byte."""
-    other = copy_repo(tmp_path)
-    snakemake(other, "results/manifests/augmented.parquet")
+    other = copy_repo(tmp_path, tool_env)
+    snakemake(other, tool_env, "results/manifests/augmented.parquet")
     for pattern in ["results/manifests/*.parquet", "results/manifests/shards/*/*.parquet", "results/shards/*/*.tfrecord"]:
         a, b = sorted(pipeline.glob(pattern)), sorted(other.glob(pattern))
         assert [p.relative_to(pipeline) for p in a] == [p.relative_to(other) for p in b]

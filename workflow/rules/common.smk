@@ -23,6 +23,9 @@ MODEL_IDS = list(COMBOS) + ([BASELINE] if config["train"].get("baseline_svm", Tr
 SOURCES = "results/manifests/sources.parquet"
 SPLITS_TABLE = "results/manifests/splits.parquet"
 AUGMENTED = "results/manifests/augmented.parquet"
+# Tables behind the figures, one directory per figure kind: what dvc.yaml's `plots` read.
+HISTORY = "results/plots/history/{combo}.csv"
+PLOT_TABLE = "results/plots/{kind}_{split}/{combo}.csv"
 
 
 wildcard_constraints:
@@ -60,15 +63,25 @@ def channels():
     return 4 if config["preprocess"].get("background", "alpha") == "alpha" else 3
 
 
-def model_file(wildcards):
-    name = "model.joblib" if wildcards.combo == BASELINE else "model.keras"
-    return f"results/models/{wildcards.combo}/{name}"
+def model_file(combo):
+    name = "model.joblib" if combo == BASELINE else "model.keras"
+    return f"results/models/{combo}/{name}"
 
 
-def get_final_output():
+def prepared_data():
+    """Everything the data half leaves: manifests, shards, data reports (DVC stage `prepare`)."""
     return [
-        "results/reports/leaderboard.csv",
-        "results/reports/metrics.json",
+        AUGMENTED,
         "results/reports/split_summary.csv",
         *expand("results/reports/contact_sheets/{split}.png", split=SPLITS),
     ]
+
+
+def trained_models():
+    """Every combination's model and the classical baseline (DVC stage `train`)."""
+    return [model_file(combo) for combo in MODEL_IDS]
+
+
+def evaluation_reports():
+    """Per-combination evaluation and the leaderboard (DVC stage `evaluate`)."""
+    return ["results/reports/leaderboard.csv", "results/reports/metrics.json"]

@@ -1,26 +1,26 @@
 rule evaluate:
     input:
-        model=model_file,
+        model=lambda w: model_file(w.combo),
         records=[r for split in SPLITS for r in shard_records(split)],
         augmented=AUGMENTED,
         sources=SOURCES,
     output:
-        metrics="results/models/{combo}/eval/metrics.json",
-        predictions="results/models/{combo}/eval/predictions.parquet",
-        tables=multiext("results/models/{combo}/eval/", *[f"{kind}_{split}.csv" for kind in ("confusion", "roc") for split in SPLITS]),
+        metrics="results/evaluation/{combo}/metrics.json",
+        predictions="results/evaluation/{combo}/predictions.parquet",
+        tables=expand(PLOT_TABLE, kind=["confusion", "roc"], split=SPLITS, allow_missing=True),
         confusion=[
-            report(f"results/models/{{combo}}/eval/confusion_{split}.png", caption="../report/confusion.rst",
+            report(f"results/evaluation/{{combo}}/confusion_{split}.png", caption="../report/confusion.rst",
                    category="Evaluation", subcategory="{combo}", labels={"model": "{combo}", "figure": f"confusion {split}"})
             for split in SPLITS
         ],
         roc=[
-            report(f"results/models/{{combo}}/eval/roc_{split}.png", caption="../report/roc.rst",
+            report(f"results/evaluation/{{combo}}/roc_{split}.png", caption="../report/roc.rst",
                    category="Evaluation", subcategory="{combo}", labels={"model": "{combo}", "figure": f"ROC {split}"})
             for split in SPLITS
         ],
-        patients="results/models/{combo}/eval/patients.csv",
+        patients="results/evaluation/{combo}/patients.csv",
         patients_plot=report(
-            "results/models/{combo}/eval/patients.png",
+            "results/evaluation/{combo}/patients.png",
             caption="../report/patients.rst",
             category="Evaluation",
             subcategory="{combo}",
@@ -34,6 +34,7 @@ rule evaluate:
         channels=channels(),
         positive_class=config["data"].get("positive_class", "all"),
         baseline=lambda w: w.combo == BASELINE,
+        tables=lambda w: PLOT_TABLE.replace("{combo}", w.combo),
     threads: 1
     conda:
         "../../envs/train.yaml"
@@ -43,7 +44,7 @@ rule evaluate:
 
 rule leaderboard:
     input:
-        metrics=expand("results/models/{combo}/eval/metrics.json", combo=MODEL_IDS),
+        metrics=expand("results/evaluation/{combo}/metrics.json", combo=MODEL_IDS),
         infos=expand("results/models/{combo}/train.json", combo=MODEL_IDS),
     output:
         csv=report("results/reports/leaderboard.csv", caption="../report/leaderboard.rst", category="Leaderboard", labels={"table": "leaderboard"}),

@@ -6,7 +6,7 @@ rule train:
         sources=SOURCES,
     output:
         model="results/models/{combo}/model.keras",
-        history="results/models/{combo}/history.csv",
+        history=HISTORY,
         curves=report(
             "results/models/{combo}/curves.png",
             caption="../report/curves.rst",

@@ -1,10 +1,12 @@
 """One shard: preprocess (and, for augmented splits, augment) its images into a TFRecord file."""
 
 from hemaflow.logs import to_log
+
+to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
+
 from hemaflow.manifest import read_manifest
 from hemaflow.shards import build_shard, shard_of
 
-to_log(snakemake.log[0])
 split, shard = snakemake.wildcards.split, int(snakemake.wildcards.shard)
 sources = read_manifest(snakemake.input.sources, "sources")
 splits = read_manifest(snakemake.input.splits, "splits")

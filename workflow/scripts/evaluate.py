@@ -1,14 +1,16 @@
 """Evaluate one trained model on every split, at cell and patient level."""
 
+from hemaflow.logs import to_log
+
+to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
+
 from pathlib import Path
 
 import pandas as pd
 
 from hemaflow.evaluate import evaluate_predictions, predict
-from hemaflow.logs import to_log
 from hemaflow.manifest import read_manifest
 
-to_log(snakemake.log[0])
 records = list(snakemake.input.records)
 sources = read_manifest(snakemake.input.sources, "sources")
 classes = sources[sources["label_index"] >= 0].drop_duplicates("label_index").sort_values("label_index")
@@ -32,4 +34,5 @@ evaluate_predictions(
     class_names=list(classes["label"]),
     positive_class=snakemake.params.positive_class,
     out_dir=Path(snakemake.output.metrics).parent,
+    table_pattern=snakemake.params.tables,
 )

@@ -1,14 +1,16 @@
 """Read the data through its adapter, decode every image once, quarantine bad inputs."""
 
+from hemaflow.logs import to_log
+
+to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
+
 import json
 import logging
 
 from hemaflow.adapters import list_candidates
 from hemaflow.ingest import build_sources, summary
-from hemaflow.logs import to_log
 from hemaflow.manifest import write_manifest
 
-to_log(snakemake.log[0])
 d = snakemake.params.data
 candidates = list_candidates(
     d["adapter"] if d["adapter"] != "synthetic" else "cnmc",

@@ -1,14 +1,16 @@
 """Rank every combination (and the baseline) by the chosen validation metric."""
 
+from hemaflow.logs import to_log
+
+to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
+
 import json
 
 import pandas as pd
 
 from hemaflow.leaderboard import build_leaderboard, headline, write_leaderboard
-from hemaflow.logs import to_log
 from hemaflow.plots import leaderboard_chart
 
-to_log(snakemake.log[0])
 rank_by = snakemake.params.rank_by
 entries = {}
 for combo, metrics_path, info_path in zip(snakemake.params.ids, snakemake.input.metrics, snakemake.input.infos):

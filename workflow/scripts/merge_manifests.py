@@ -1,7 +1,9 @@
 """Merge the per-shard manifests into results/manifests/augmented.parquet (Dask)."""
 
 from hemaflow.logs import to_log
+
+to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
+
 from hemaflow.shards import merge_manifests
 
-to_log(snakemake.log[0])
 merge_manifests(list(snakemake.input), snakemake.output[0])

@@ -1,12 +1,14 @@
 """Patient-disjoint, class-stratified, seeded train/val/test split."""
 
+from hemaflow.logs import to_log
+
+to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
+
 import logging
 
-from hemaflow.logs import to_log
 from hemaflow.manifest import read_manifest, write_manifest
 from hemaflow.splits import assign_splits, split_summary
 
-to_log(snakemake.log[0])
 sources = read_manifest(snakemake.input[0], "sources")
 p = snakemake.params.split
 splits, notes = assign_splits(

@@ -1,9 +1,11 @@
 """Generate the embedded synthetic C-NMC replica (the default data set)."""
 
 from hemaflow.logs import to_log
+
+to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
+
 from hemaflow.synth import generate_cnmc_replica
 
-to_log(snakemake.log[0])
 s = snakemake.params.synthetic
 generate_cnmc_replica(
     snakemake.output[0],

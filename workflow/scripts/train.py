@@ -1,13 +1,15 @@
 """Train one hyperparameter combination."""
 
+from hemaflow.logs import to_log
+
+to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
+
 import pandas as pd
 import tensorflow as tf
 
-from hemaflow.logs import to_log
 from hemaflow.manifest import read_manifest
 from hemaflow.train import train_combo
 
-to_log(snakemake.log[0])
 tf.config.threading.set_intra_op_parallelism_threads(snakemake.threads)
 tf.config.threading.set_inter_op_parallelism_threads(snakemake.threads)
 
@@ -28,4 +30,5 @@ train_combo(
     class_counts=train_rows["label_index"].value_counts().to_dict(),
     seed=snakemake.params.seed,
     out_dir=snakemake.output.model.rsplit("/", 1)[0],
+    history_path=snakemake.output.history,
 )

@@ -1,14 +1,16 @@
 """Classical baseline: shape, GLCM texture and colour features into an RBF SVM."""
 
+from hemaflow.logs import to_log
+
+to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
+
 import json
 import time
 
 import joblib
 
 from hemaflow.baseline import featurize_records, fit_svm
-from hemaflow.logs import to_log
 
-to_log(snakemake.log[0])
 start = time.perf_counter()
 X, y, _ = featurize_records(list(snakemake.input.train), channels=snakemake.params.channels)
 model = fit_svm(X, y, seed=snakemake.params.seed, class_weight=snakemake.params.class_weight)
