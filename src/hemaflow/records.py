@@ -26,7 +26,9 @@ def encode_example(png: bytes, label: int, aug_id: str) -> bytes:
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
         "aug_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[aug_id.encode()])),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: protobuf writes map entries (the features) in an order that varies from
+    # process to process unless asked to sort them, and shards must be byte-reproducible.
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def write_records(path: str | Path, examples: Iterable[bytes]) -> int:

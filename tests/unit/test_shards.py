@@ -68,6 +68,20 @@ def test_shard_of_is_stable_across_processes_and_roughly_uniform():
     assert counts.min() > 900 and counts.max() < 1100  # expected 1000 +- 27 (sd)
 
 
+def test_records_are_byte_identical_across_processes():
+    """Protobuf orders an Example's features differently from process to process unless told not to."""
+    code = (
+        "import sys; from hemaflow.records import encode_example; "
+        "sys.stdout.write(encode_example(b'png', 1, 'a1').hex())"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    runs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+        for _ in range(4)
+    }
+    assert len(runs) == 1, runs
+
+
 def test_build_shard_round_trip(dataset, tmp_path):
     manifest = build(dataset, tmp_path)
     assert list(manifest.columns) == SCHEMAS["augmented"].names
