@@ -21,7 +21,7 @@ run: setup
 	$(BIN)/snakemake --cores $(CORES)
 
 test: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -ra tests
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -ra --durations=15 tests
 
 lint: setup
 	$(BIN)/snakemake --lint
