@@ -68,7 +68,7 @@ def throughput(model_name: str, size: int, n: int, rounds: int, tmp: Path) -> No
     x = np.stack([img for img, _, _ in decoded]).astype(np.float32) / 255.0
     y = np.array([[label] for _, label, _ in decoded], np.float32)
     arms = {
-        "shards": make_dataset(records, channels=4, n_classes=2, batch_size=BATCH, shuffle=True, seed=0),
+        "shards": make_dataset(records, channels=4, n_classes=2, batch_size=BATCH, shuffle=True, seed=0, size=size),
         "memory": tf.data.Dataset.from_tensor_slices((x, y))
         .shuffle(SHUFFLE_BUFFER, seed=0)
         .batch(BATCH)
@@ -85,8 +85,10 @@ def throughput(model_name: str, size: int, n: int, rounds: int, tmp: Path) -> No
             t = time.perf_counter()
             model.fit(ds, epochs=1, verbose=0, shuffle=False)
             seconds[arm].append(time.perf_counter() - t)
-    rate = {arm: n / float(np.median(s)) for arm, s in seconds.items()}
-    print(f"(a) {model_name} {size}x{size}x4, batch {BATCH}, {n} images, median of {rounds} epochs each")
+    # Best epoch of each arm: load from other processes on a shared machine only ever slows an
+    # epoch down (epochs here swing between two speeds, 785 and ~1300 images/s, even in-memory).
+    rate = {arm: n / min(s) for arm, s in seconds.items()}
+    print(f"(a) {model_name} {size}x{size}x4, batch {BATCH}, {n} images, best of {rounds} epochs each")
     for arm in arms:
         print(f"    {arm:7s} {rate[arm]:8.0f} images/s")
     print(f"    shards / memory = {rate['shards'] / rate['memory']:.2f}  (goal >= 0.9)")
@@ -131,7 +133,7 @@ def main() -> None:
     ap.add_argument("--model", default="model_2")
     ap.add_argument("--size", type=int, default=48)
     ap.add_argument("--images", type=int, default=2000, help="images for the throughput comparison")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--sizes", type=int, nargs=2, default=[2000, 8000], help="data sizes for peak RSS")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)

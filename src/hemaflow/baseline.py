@@ -1,7 +1,8 @@
 """Classical baseline from seed 000's literature review: shape, GLCM texture and colour
 features of the cell (scikit-image) into an RBF SVM (scikit-learn).
 
-Its predictions use `evaluate.prediction_frame`, so it is scored and ranked like any model.
+`evaluate.predict_baseline` turns its probabilities into the prediction table every model
+gives, so it is scored and ranked like any model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from hemaflow.evaluate import prediction_frame
 from hemaflow.records import iter_records
 
 SHAPE = ["area", "perimeter", "eccentricity", "solidity", "extent", "axis_major_length", "axis_minor_length"]
@@ -115,16 +115,10 @@ def fit_svm(X: np.ndarray, y: np.ndarray, seed: int, class_weight: str | None = 
     return make_pipeline(StandardScaler(), calibrated).fit(X, y)
 
 
-def predict_svm(pipe: Pipeline, X: np.ndarray, labels, aug_ids, n_classes: int | None = None):
-    """Prediction table as `evaluate.predict` returns it (classes unseen in training get p = 0)."""
+def predict_svm(pipe: Pipeline, X: np.ndarray, n_classes: int | None = None) -> np.ndarray:
+    """Class probabilities, one column per class index (classes unseen in training get p = 0)."""
     n_classes = int(pipe.classes_.max()) + 1 if n_classes is None else n_classes
     proba = np.zeros((len(X), n_classes))
     if len(X):
         proba[:, pipe.classes_] = pipe.predict_proba(X)
-    return prediction_frame(aug_ids, labels, proba)
-
-
-def predict_records(pipe: Pipeline, records: Iterable, *, channels: int, n_classes: int | None = None):
-    """Featurize shards and predict them: the baseline's `evaluate.predict`."""
-    X, labels, ids = featurize_records(records, channels)
-    return predict_svm(pipe, X, labels, ids, n_classes)
+    return proba

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from hemaflow.records import parse_example
+from hemaflow.records import parse_example, to_unit
 
 # Serialized records (a few kB each) held for shuffling; with shard files interleaved in a
 # shuffled order this mixes classes and patients well at a fixed memory cost.
@@ -53,5 +53,6 @@ def make_dataset(
         label = tf.reshape(tf.cast(label, tf.float32), (1,)) if n_classes == 2 else tf.cast(label, tf.int32)
         return (image, label, aug_id) if with_ids else (image, label)
 
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+    ds = ds.map(lambda image, *rest: (to_unit(image), *rest), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)

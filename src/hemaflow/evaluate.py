@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from hemaflow import metrics, plots
-from hemaflow.records import parse_example
+from hemaflow.records import parse_example, to_unit
 
 SPLITS = ("train", "val", "test")
 
@@ -40,6 +40,7 @@ def predict(model, records: Iterable, *, channels: int, batch_size: int = 64) ->
         tf.data.TFRecordDataset([str(p) for p in records])
         .map(lambda r: parse_example(r, channels), num_parallel_calls=tf.data.AUTOTUNE)
         .batch(batch_size)
+        .map(lambda images, *rest: (to_unit(images), *rest))
         .prefetch(1)
     )
     ids, labels, probs = [], [], []
@@ -52,6 +53,14 @@ def predict(model, records: Iterable, *, channels: int, batch_size: int = 64) ->
     if width == 1:
         proba = np.column_stack([1.0 - proba[:, 0], proba[:, 0]])
     return prediction_frame(ids, np.concatenate(labels) if labels else [], proba)
+
+
+def predict_baseline(pipe, records: Iterable, *, channels: int, n_classes: int | None = None) -> pd.DataFrame:
+    """`predict` for the classical baseline: featurize the shards, SVM probabilities, same table."""
+    from hemaflow.baseline import featurize_records, predict_svm  # scikit-image only when needed
+
+    X, labels, ids = featurize_records(records, channels)
+    return prediction_frame(ids, labels, predict_svm(pipe, X, n_classes))
 
 
 def per_image(pred: pd.DataFrame, augmented: pd.DataFrame, sources: pd.DataFrame, class_names) -> pd.DataFrame:

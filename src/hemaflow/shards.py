@@ -156,7 +156,7 @@ def _read_records(paths: Sequence[str | Path], wanted: set[str], channels: int) 
     ds = tf.data.TFRecordDataset([str(p) for p in paths])
     ds = ds.filter(lambda raw: tf.reduce_any(tf.equal(tf.io.parse_single_example(raw, spec)["aug_id"], keys)))
     ds = ds.map(lambda raw: parse_example(raw, channels))
-    return {a.numpy().decode(): np.rint(img.numpy() * 255).astype(np.uint8) for img, _, a in ds}
+    return {a.numpy().decode(): img.numpy() for img, _, a in ds}
 
 
 def _visible(img: np.ndarray, min_side: int = 96) -> np.ndarray:

@@ -9,7 +9,7 @@ from PIL import Image
 from skimage.draw import disk
 
 from hemaflow import baseline, records
-from hemaflow.evaluate import prediction_frame
+from hemaflow.evaluate import predict_baseline, prediction_frame
 
 SIZE = 48
 
@@ -98,7 +98,7 @@ def test_records_to_prediction_table(tmp_path):
     np.testing.assert_allclose(X[0], baseline.extract_features(imgs[0]))
     pipe = baseline.fit_svm(X, labels, seed=0)
     # a three-class task where the SVM never saw class 2: that column is zero
-    pred = baseline.predict_records(pipe, [path], channels=4, n_classes=3)
+    pred = predict_baseline(pipe, [path], channels=4, n_classes=3)
     template = prediction_frame(ids, labels, np.zeros((len(ids), 3)))
     assert list(pred.columns) == list(template.columns)
     assert (pred.dtypes == template.dtypes).all()

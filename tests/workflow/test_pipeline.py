@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -64,6 +65,18 @@ def test_changing_one_learning_rate_reruns_only_its_combinations(pipeline, param
     jobs = planned_jobs(pipeline, tool_env, "--configfile", override)
     new = len(combos({**params["train"], "grid": grid}, params["seed"])) // len(grid["lr"])
     assert jobs == {"train": new, "evaluate": new, "leaderboard": 1}
+
+
+def test_editing_library_code_reruns_only_the_jobs_that_run_it(pipeline, params, tool_env, tmp_path):
+    """Snakemake watches scripts, not the modules they import; the library_code param closes that gap."""
+    work = shutil.copytree(pipeline, tmp_path / "work", symlinks=True)
+    with open(work / "src/hemaflow/leaderboard.py", "a") as f:
+        f.write("# edited\n")
+    assert planned_jobs(work, tool_env) == {"leaderboard": 1}
+    with open(work / "src/hemaflow/schedules.py", "a") as f:  # imported by CNN training, not the SVM's
+        f.write("# edited\n")
+    n_models = len(combos(params["train"], params["seed"]))
+    assert planned_jobs(work, tool_env) == {"train": n_models, "evaluate": n_models, "leaderboard": 1}
 
 
 def _digest(paths):

@@ -10,6 +10,7 @@ rule augment_shard:
     benchmark:
         "results/benchmarks/augment/{split}/{shard}.tsv"
     params:
+        library_code=library_code("augment_shard.py"),
         root=config["data"]["root"],
         max_pixels=config["data"].get("max_pixels", 40_000_000),
         n_shards=lambda w: config["augment"]["shards"][w.split],
@@ -29,6 +30,8 @@ rule merge_manifests:
         AUGMENTED,
     log:
         "results/logs/merge_manifests.log",
+    params:
+        library_code=library_code("merge_manifests.py"),
     conda:
         "../../envs/augment.yaml"
     script:
@@ -51,6 +54,7 @@ rule contact_sheet:
     log:
         "results/logs/contact_sheet/{split}.log",
     params:
+        library_code=library_code("contact_sheet.py"),
         per_class=config["augment"].get("contact_sheet", 24),
         channels=channels(),
         seed=config["seed"],

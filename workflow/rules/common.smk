@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from hemaflow.config import validate_params
 from hemaflow.grid import combos
+from hemaflow.provenance import library_digest
 
 SCHEMA = Path(workflow.basedir) / "workflow/schemas/params.schema.yaml"
 validate_params(config, SCHEMA)
@@ -32,6 +33,13 @@ wildcard_constraints:
     split="|".join(SPLITS),
     shard=r"\d{3}",
     combo="|".join(map(re.escape, MODEL_IDS)),
+
+
+def library_code(script):
+    """Hash of the library modules workflow/scripts/<script> imports. Snakemake reruns a job
+    when its script changes but does not look into src/hemaflow; as a param this hash makes it
+    rerun the jobs whose library code changed (and only those)."""
+    return library_digest(Path(workflow.basedir) / "workflow/scripts" / script)
 
 
 def shard_ids(split):

@@ -6,6 +6,7 @@ if config["data"]["adapter"] == "synthetic":
         log:
             "results/logs/synthesize.log",
         params:
+            library_code=library_code("synthesize.py"),
             synthetic=config["synthetic"],
             seed=config["seed"],
         conda:
@@ -26,6 +27,7 @@ rule ingest:
     benchmark:
         "results/benchmarks/ingest.tsv"
     params:
+        library_code=library_code("ingest.py"),
         data=config["data"],
     threads: 2
     conda:
@@ -44,6 +46,7 @@ rule split:
     log:
         "results/logs/split.log",
     params:
+        library_code=library_code("split.py"),
         split=config["split"],
         seed=config["seed"],
     conda:

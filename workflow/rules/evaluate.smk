@@ -31,6 +31,7 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluate/{combo}.tsv"
     params:
+        library_code=library_code("evaluate.py"),
         channels=channels(),
         positive_class=config["data"].get("positive_class", "all"),
         baseline=lambda w: w.combo == BASELINE,
@@ -54,6 +55,7 @@ rule leaderboard:
     log:
         "results/logs/leaderboard.log",
     params:
+        library_code=library_code("leaderboard.py"),
         ids=MODEL_IDS,
         combos=COMBOS,
         rank_by=config["evaluate"].get("rank_by", "balanced_accuracy"),

@@ -19,6 +19,7 @@ rule train:
     benchmark:
         "results/benchmarks/train/{combo}.tsv"
     params:
+        library_code=library_code("train.py"),
         combo=lambda w: COMBOS[w.combo],
         settings={k: v for k, v in config["train"].items() if k not in ("grid", "search", "trials", "baseline_svm")},
         size=config["preprocess"]["size"],
@@ -45,6 +46,7 @@ rule train_baseline:
     benchmark:
         f"results/benchmarks/train/{BASELINE}.tsv"
     params:
+        library_code=library_code("train_baseline.py"),
         channels=channels(),
         class_weight=config["train"].get("class_weight", "none"),
         seed=config["seed"],

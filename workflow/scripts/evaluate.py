@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hemaflow.evaluate import evaluate_predictions, predict
+from hemaflow.evaluate import evaluate_predictions, predict, predict_baseline
 from hemaflow.manifest import read_manifest
 
 records = list(snakemake.input.records)
@@ -17,9 +17,7 @@ classes = sources[sources["label_index"] >= 0].drop_duplicates("label_index").so
 if snakemake.params.baseline:
     import joblib
 
-    from hemaflow.baseline import predict_records
-
-    pred = predict_records(
+    pred = predict_baseline(
         joblib.load(snakemake.input.model), records, channels=snakemake.params.channels, n_classes=len(classes)
     )
 else:

@@ -1,0 +1,58 @@
+"""Which library modules a workflow script runs, and the hash that reruns its jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hemaflow.provenance import library_digest, library_modules
+
+
+def _library(root: Path, modules: dict[str, str]) -> Path:
+    lib = root / "hemaflow"
+    lib.mkdir()
+    for name, text in modules.items():
+        (lib / f"{name}.py").write_text(text)
+    return lib
+
+
+def _script(root: Path, text: str) -> Path:
+    path = root / "job.py"
+    path.write_text(text)
+    return path
+
+
+def test_follows_imports_of_every_form_transitively_and_nothing_else(tmp_path):
+    lib = _library(
+        tmp_path,
+        {
+            "a": "from hemaflow.b import f\n",
+            "b": "def f():\n    from hemaflow import c  # inside a function\n",
+            "c": "import numpy\n",
+            "d": "import hemaflow.e\n",
+            "e": "",
+            "unused": "",
+        },
+    )
+    script = _script(tmp_path, "import os\nfrom hemaflow.a import g\nimport hemaflow.d as d\n")
+    assert [p.name for p in library_modules(script, lib)] == ["a.py", "b.py", "c.py", "d.py", "e.py"]
+
+
+def test_digest_changes_with_imported_code_only(tmp_path):
+    lib = _library(tmp_path, {"a": "X = 1\n", "unused": "Y = 1\n"})
+    script = _script(tmp_path, "from hemaflow.a import X\n")
+    before = library_digest(script, lib)
+    (lib / "unused.py").write_text("Y = 2\n")
+    library_digest.cache_clear(), library_modules.cache_clear()
+    assert library_digest(script, lib) == before
+    (lib / "a.py").write_text("X = 2\n")
+    library_digest.cache_clear(), library_modules.cache_clear()
+    assert library_digest(script, lib) != before
+
+
+def test_an_import_of_a_missing_module_names_the_script_and_the_module(tmp_path):
+    lib = _library(tmp_path, {})
+    script = _script(tmp_path, "from hemaflow.nowhere import f\n")
+    with pytest.raises(ImportError, match=r"job\.py imports hemaflow\.nowhere"):
+        library_modules(script, lib)
