@@ -1,9 +1,11 @@
 """Which library code a workflow script runs, so that editing it reruns the jobs it affects.
 
 Snakemake reruns a job when its script changes, but it does not look into the modules the
-script imports; DVC reruns a stage only for the files listed as its deps. Both get the list
-from here: `library_modules` follows a script's `hemaflow` imports (module-level and inside
-functions) through the library, and `library_digest` hashes their contents.
+script imports; DVC reruns a stage only for the files listed as its deps. `library_modules`
+follows a script's `hemaflow` imports (module-level and inside functions) through the
+library; `library_digest` hashes those files for the rules' `library_code` param, and a test
+checks the deps in dvc.yaml against `library_modules`. Both are cached for the life of the
+process (one Snakemake run builds its DAG from one state of the code).
 """
 
 from __future__ import annotations

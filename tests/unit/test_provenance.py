@@ -39,16 +39,21 @@ def test_follows_imports_of_every_form_transitively_and_nothing_else(tmp_path):
     assert [p.name for p in library_modules(script, lib)] == ["a.py", "b.py", "c.py", "d.py", "e.py"]
 
 
+def _digest(script: Path, lib: Path) -> str:
+    """As a new Snakemake process sees the code (the functions cache per process)."""
+    library_digest.cache_clear()
+    library_modules.cache_clear()
+    return library_digest(script, lib)
+
+
 def test_digest_changes_with_imported_code_only(tmp_path):
     lib = _library(tmp_path, {"a": "X = 1\n", "unused": "Y = 1\n"})
     script = _script(tmp_path, "from hemaflow.a import X\n")
-    before = library_digest(script, lib)
+    before = _digest(script, lib)
     (lib / "unused.py").write_text("Y = 2\n")
-    library_digest.cache_clear(), library_modules.cache_clear()
-    assert library_digest(script, lib) == before
+    assert _digest(script, lib) == before
     (lib / "a.py").write_text("X = 2\n")
-    library_digest.cache_clear(), library_modules.cache_clear()
-    assert library_digest(script, lib) != before
+    assert _digest(script, lib) != before
 
 
 def test_an_import_of_a_missing_module_names_the_script_and_the_module(tmp_path):
