@@ -1,6 +1,9 @@
-"""dvc.yaml lists, for every stage, the library modules its scripts run, and each script once."""
+"""Library code is tracked: dvc.yaml lists, for every stage, the modules its scripts run (and
+each script once); every rule hashes the library code of its own script."""
 
 from __future__ import annotations
+
+import re
 
 import yaml
 
@@ -35,3 +38,14 @@ def test_every_script_belongs_to_exactly_one_stage():
     scripts = {str(p.relative_to(ROOT)) for p in (ROOT / "workflow/scripts").glob("*.py")}
     assert set(owners) == scripts
     assert all(len(stages) == 1 for stages in owners.values()), owners
+
+
+def test_every_rule_hashes_the_library_code_of_its_own_script():
+    checked = set()
+    for smk in sorted((ROOT / "workflow/rules").glob("*.smk")):
+        for block in re.split(r"^\s*rule ", smk.read_text(), flags=re.M)[1:]:
+            rule, script = block.split(":")[0], re.search(r'"\.\./scripts/([\w.]+)"', block)
+            if script:
+                assert f'library_code=library_code("{script[1]}")' in block, f"{smk.name}: rule {rule}"
+                checked.add(script[1])
+    assert checked == {p.name for p in (ROOT / "workflow/scripts").glob("*.py")}
