@@ -2,6 +2,8 @@
 with their key, the fix and the file they came from, and missing data is found before any job."""
 
 import copy
+import importlib
+import inspect
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,31 @@ def test_missing_index_or_filelist_is_named(tmp_path):
     assert "--config: data.filelist: the file list 'labels.csv'" in str(e.value)
     with pytest.raises(ParamsError, match="data.adapter: 'filelist' needs data.filelist"):
         check_data_paths(_data(adapter="filelist"), tmp_path, [])
+
+
+# Library keyword defaults that mirror a params default (conveniences for callers outside the
+# workflow, which always passes the config's value): they must say what the schema says.
+MIRRORED = [
+    ("hemaflow.preprocess", "render_all", "background", ("preprocess", "background")),
+    ("hemaflow.preprocess", "render_all", "size", ("preprocess", "size")),
+    ("hemaflow.preprocess", "render_all", "crop_to_content", ("preprocess", "crop_to_content")),
+    ("hemaflow.preprocess", "render_all", "pad_square", ("preprocess", "pad_square")),
+    ("hemaflow.preprocess", "render_all", "filter", ("preprocess", "filter")),
+    ("hemaflow.preprocess", "render_all", "fill", ("augment", "fill")),
+    ("hemaflow.splits", "assign_splits", "ratios", ("split", "ratios")),
+    ("hemaflow.splits", "assign_splits", "use_dataset_folds", ("split", "use_dataset_folds")),
+    ("hemaflow.splits", "assign_splits", "val_fold", ("split", "val_fold")),
+    ("hemaflow.images", "load_rgb", "max_pixels", ("data", "max_pixels")),
+    ("hemaflow.ingest", "build_sources", "strict", ("data", "strict")),
+    ("hemaflow.models", "build_model", "dropout", ("train", "grid", "dropout", 0)),
+    ("hemaflow.train", "train_combo", "class_weight", ("train", "class_weight")),
+]
+
+
+@pytest.mark.parametrize(("module", "function", "argument", "path"), MIRRORED, ids=lambda x: x if isinstance(x, str) else "")
+def test_library_keyword_defaults_agree_with_the_schema(module, function, argument, path):
+    default = inspect.signature(getattr(importlib.import_module(module), function)).parameters[argument].default
+    expected = with_defaults({}, load_schema(SCHEMA))
+    for step in path:
+        expected = expected[step]
+    assert (list(default) if isinstance(default, tuple) else default) == expected
