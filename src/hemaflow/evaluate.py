@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from hemaflow import metrics, plots
+from hemaflow.manifest import SPLITS
 from hemaflow.records import parse_example, to_unit
 
-SPLITS = ("train", "val", "test")
 
 
 def prediction_frame(aug_ids, labels, proba) -> pd.DataFrame:

@@ -16,11 +16,11 @@ def combos(train_params: dict, seed: int) -> dict[str, dict]:
     search: grid takes the full cartesian product of train.grid; search: random takes
     `trials` seeded draws without replacement from it (all of it when trials >= its size).
     """
-    grid = _checked_grid(train_params.get("grid") or {})
+    grid = _checked_grid(train_params["grid"])
     rows = [dict(zip(KEYS, values)) for values in itertools.product(*(grid[k] for k in KEYS))]
-    search = train_params.get("search", "grid")
+    search = train_params["search"]
     if search == "random":
-        trials = int(train_params.get("trials", len(rows)))
+        trials = int(train_params["trials"])
         if trials < 1:
             raise ValueError(f"train.trials must be at least 1, got {trials}")
         picked = np.random.default_rng(seed).choice(len(rows), size=min(trials, len(rows)), replace=False)

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-SPLITS = ("train", "val", "test")
+from hemaflow.manifest import SPLITS
+
 PRIORITY = ("test", "val", "train")  # a group seen in several splits goes to the first one here
 
 

@@ -33,7 +33,7 @@ rule evaluate:
     params:
         library_code=library_code("evaluate.py"),
         channels=channels(),
-        positive_class=config["data"].get("positive_class", "all"),
+        positive_class=config["data"]["positive_class"],
         baseline=lambda w: w.combo == BASELINE,
         tables=lambda w: PLOT_TABLE.replace("{combo}", w.combo),
     threads: 1
@@ -58,7 +58,7 @@ rule leaderboard:
         library_code=library_code("leaderboard.py"),
         ids=MODEL_IDS,
         combos=COMBOS,
-        rank_by=config["evaluate"].get("rank_by", "balanced_accuracy"),
+        rank_by=config["evaluate"]["rank_by"],
     conda:
         "../../envs/train.yaml"
     script:

@@ -48,7 +48,7 @@ rule train_baseline:
     params:
         library_code=library_code("train_baseline.py"),
         channels=channels(),
-        class_weight=config["train"].get("class_weight", "none"),
+        class_weight=config["train"]["class_weight"],
         seed=config["seed"],
     threads: 1
     conda:
