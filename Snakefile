@@ -20,6 +20,7 @@ include: "workflow/rules/evaluate.smk"
 
 localrules:
     all,
+    replica,
     prepare,
     models,
     evaluation,
@@ -33,6 +34,12 @@ rule all:
 
 
 # One target per DVC stage (dvc.yaml): `snakemake prepare` builds the data half only.
+# Fixed names, so no dvc.yaml command carries a parameter into a shell.
+rule replica:
+    input:
+        config["data"]["root"],
+
+
 rule prepare:
     input:
         prepared_data(),

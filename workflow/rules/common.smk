@@ -4,13 +4,17 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-# The library lives in src/. Jobs import it through the symlink workflow/scripts/hemaflow
-# (Snakemake puts a script's directory on sys.path), so conda envs and SLURM nodes need no install.
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# The library lives in src/, so conda envs and SLURM nodes need no install. Jobs inherit the
+# environment (local and SLURM): PYTHONPATH makes them import this checkout's src/hemaflow, the
+# code `library_code` hashed, ahead of any copy installed in the venv (e.g. another clone's).
+SRC = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC))
 
 from hemaflow.config import validate_params
 from hemaflow.grid import combos
-from hemaflow.provenance import library_digest
+from hemaflow.provenance import library_digest, put_first_on_pythonpath
+
+put_first_on_pythonpath(SRC)
 
 SCHEMA = Path(workflow.basedir) / "workflow/schemas/params.schema.yaml"
 validate_params(config, SCHEMA)
@@ -72,7 +76,7 @@ def channels():
 
 
 def model_file(combo):
-    name = "model.joblib" if combo == BASELINE else "model.keras"
+    name = "model.skops" if combo == BASELINE else "model.keras"
     return f"results/models/{combo}/{name}"
 
 

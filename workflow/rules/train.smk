@@ -39,7 +39,7 @@ rule train_baseline:
         train=shard_records("train"),
         sources=SOURCES,
     output:
-        model=f"results/models/{BASELINE}/model.joblib",
+        model=f"results/models/{BASELINE}/model.skops",
         info=f"results/models/{BASELINE}/train.json",
     log:
         f"results/logs/train/{BASELINE}.log",
