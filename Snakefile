@@ -21,6 +21,7 @@ include: "workflow/rules/evaluate.smk"
 localrules:
     all,
     replica,
+    grid,
     prepare,
     models,
     evaluation,

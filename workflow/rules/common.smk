@@ -31,6 +31,14 @@ AUGMENTED = "results/manifests/augmented.parquet"
 # Tables behind the figures, one directory per figure kind: what dvc.yaml's `plots` read.
 HISTORY = "results/plots/history/{combo}.csv"
 PLOT_TABLE = "results/plots/{kind}_{split}/{combo}.csv"
+PLOT_KINDS = ["confusion", "roc"]
+GRID = "results/models/grid.json"
+# Where each stage leaves per-combination files (a directory per combo, or <combo>.csv): what
+# `prune_stale` clears of combinations no longer in the grid (rules grid and leaderboard).
+TRAIN_PER_COMBO = {"results/models": "", str(Path(HISTORY).parent): ".csv"}
+EVALUATE_PER_COMBO = {"results/evaluation": ""} | dict.fromkeys(
+    expand(str(Path(PLOT_TABLE).parent), kind=PLOT_KINDS, split=SPLITS), ".csv"
+)
 
 
 wildcard_constraints:
@@ -90,8 +98,8 @@ def prepared_data():
 
 
 def trained_models():
-    """Every combination's model and the classical baseline (DVC stage `train`)."""
-    return [model_file(combo) for combo in MODEL_IDS]
+    """Every combination's model and the classical baseline, and the grid (DVC stage `train`)."""
+    return [GRID, *(model_file(combo) for combo in MODEL_IDS)]
 
 
 def evaluation_reports():

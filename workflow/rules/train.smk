@@ -34,6 +34,22 @@ rule train:
         "../scripts/train.py"
 
 
+rule grid:
+    output:
+        GRID,
+    log:
+        "results/logs/grid.log",
+    params:
+        library_code=library_code("grid.py"),
+        ids=MODEL_IDS,
+        combos=COMBOS,
+        prune=TRAIN_PER_COMBO,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/grid.py"
+
+
 rule train_baseline:
     input:
         train=shard_records("train"),
