@@ -4,14 +4,18 @@ from pathlib import Path
 
 import yaml
 
-# The library lives in src/. Jobs import it through the symlink workflow/scripts/hemaflow
-# (Snakemake puts a script's directory on sys.path), so conda envs and SLURM nodes need no install.
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# The library lives in src/, so conda envs and SLURM nodes need no install. Jobs inherit the
+# environment (local and SLURM): PYTHONPATH makes them import this checkout's src/hemaflow, the
+# code `library_code` hashed, ahead of any copy installed in the venv (e.g. another clone's).
+SRC = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC))
 
 from hemaflow.config import check_data_paths, validate_params
 from hemaflow.grid import combos
 from hemaflow.manifest import SPLITS
-from hemaflow.provenance import library_digest
+from hemaflow.provenance import library_digest, put_first_on_pythonpath
+
+put_first_on_pythonpath(SRC)
 
 
 def config_layers():
@@ -40,6 +44,14 @@ AUGMENTED = "results/manifests/augmented.parquet"
 # Tables behind the figures, one directory per figure kind: what dvc.yaml's `plots` read.
 HISTORY = "results/plots/history/{combo}.csv"
 PLOT_TABLE = "results/plots/{kind}_{split}/{combo}.csv"
+PLOT_KINDS = ["confusion", "roc"]
+GRID = "results/models/grid.json"
+# Where each stage leaves per-combination files (a directory per combo, or <combo>.csv): what
+# `prune_stale` clears of combinations no longer in the grid (rules grid and leaderboard).
+TRAIN_PER_COMBO = {"results/models": "", str(Path(HISTORY).parent): ".csv"}
+EVALUATE_PER_COMBO = {"results/evaluation": ""} | dict.fromkeys(
+    expand(str(Path(PLOT_TABLE).parent), kind=PLOT_KINDS, split=SPLITS), ".csv"
+)
 
 
 wildcard_constraints:
@@ -84,7 +96,7 @@ def channels():
 
 
 def model_file(combo):
-    name = "model.joblib" if combo == BASELINE else "model.keras"
+    name = "model.skops" if combo == BASELINE else "model.keras"
     return f"results/models/{combo}/{name}"
 
 
@@ -98,8 +110,8 @@ def prepared_data():
 
 
 def trained_models():
-    """Every combination's model and the classical baseline (DVC stage `train`)."""
-    return [model_file(combo) for combo in MODEL_IDS]
+    """Every combination's model and the classical baseline, and the grid (DVC stage `train`)."""
+    return [GRID, *(model_file(combo) for combo in MODEL_IDS)]
 
 
 def evaluation_reports():

@@ -7,7 +7,7 @@ rule evaluate:
     output:
         metrics="results/evaluation/{combo}/metrics.json",
         predictions="results/evaluation/{combo}/predictions.parquet",
-        tables=expand(PLOT_TABLE, kind=["confusion", "roc"], split=SPLITS, allow_missing=True),
+        tables=expand(PLOT_TABLE, kind=PLOT_KINDS, split=SPLITS, allow_missing=True),
         confusion=[
             report(f"results/evaluation/{{combo}}/confusion_{split}.png", caption="../report/confusion.rst",
                    category="Evaluation", subcategory="{combo}", labels={"model": "{combo}", "figure": f"confusion {split}"})
@@ -47,6 +47,7 @@ rule leaderboard:
     input:
         metrics=expand("results/evaluation/{combo}/metrics.json", combo=MODEL_IDS),
         infos=expand("results/models/{combo}/train.json", combo=MODEL_IDS),
+        grid=GRID,  # so `snakemake all` prunes the train stage's stale combinations too
     output:
         csv=report("results/reports/leaderboard.csv", caption="../report/leaderboard.rst", category="Leaderboard", labels={"table": "leaderboard"}),
         md="results/reports/leaderboard.md",
@@ -59,6 +60,7 @@ rule leaderboard:
         ids=MODEL_IDS,
         combos=COMBOS,
         rank_by=config["evaluate"]["rank_by"],
+        prune=EVALUATE_PER_COMBO,
     conda:
         "../../envs/train.yaml"
     script:

@@ -34,12 +34,28 @@ rule train:
         "../scripts/train.py"
 
 
+rule grid:
+    output:
+        GRID,
+    log:
+        "results/logs/grid.log",
+    params:
+        library_code=library_code("grid.py"),
+        ids=MODEL_IDS,
+        combos=COMBOS,
+        prune=TRAIN_PER_COMBO,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/grid.py"
+
+
 rule train_baseline:
     input:
         train=shard_records("train"),
         sources=SOURCES,
     output:
-        model=f"results/models/{BASELINE}/model.joblib",
+        model=f"results/models/{BASELINE}/model.skops",
         info=f"results/models/{BASELINE}/train.json",
     log:
         f"results/logs/train/{BASELINE}.log",
