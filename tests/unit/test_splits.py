@@ -39,7 +39,7 @@ def leaky_replica(replica, tmp_path):
 
 
 def sources_of(root) -> pd.DataFrame:
-    return build_sources(list_candidates("cnmc", root, dataset="r"), root, dataset="r", max_pixels=10**7)
+    return build_sources(list_candidates("cnmc", root, dataset="r")[0], root, dataset="r", max_pixels=10**7)
 
 
 def test_dataset_folds_holdout_is_test(replica):

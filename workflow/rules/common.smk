@@ -8,6 +8,7 @@ from snakemake.utils import validate
 # (Snakemake puts a script's directory on sys.path), so conda envs and SLURM nodes need no install.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from hemaflow.adapters import check_positive_class, known_classes
 from hemaflow.config import validate_params
 from hemaflow.grid import combos
 from hemaflow.provenance import library_digest
@@ -22,6 +23,8 @@ BASELINE = "svm_rbf"
 MODEL_IDS = list(COMBOS) + ([BASELINE] if config["train"].get("baseline_svm", True) else [])
 
 SOURCES = "results/manifests/sources.parquet"
+CLASSES = "results/manifests/classes.json"  # the class list (position = label_index), written by ingest
+POSITIVE = "results/reports/positive_class.json"
 SPLITS_TABLE = "results/manifests/splits.parquet"
 AUGMENTED = "results/manifests/augmented.parquet"
 # Tables behind the figures, one directory per figure kind: what dvc.yaml's `plots` read.
@@ -55,9 +58,27 @@ def shard_manifests(split):
 
 
 def data_input():
-    """What ingest reads: the replica (made by `synthesize`), the user's root, or an index file."""
-    index = config["data"].get("index")
-    return index if index else config["data"]["root"]
+    """What ingest reads: the replica (made by `synthesize`), the user's root, or an index file,
+    and the file list (editing a label in it reruns ingest)."""
+    d = config["data"]
+    files = [d["index"] if d.get("index") else d["root"]]
+    return files + ([d["filelist"]] if d["adapter"] == "filelist" and d.get("filelist") else [])
+
+
+# The data keys ingest reads: everything but positive_class (which only evaluation uses).
+INGEST_KEYS = ("adapter", "name", "root", "index", "patient_regex", "filelist", "strict", "max_pixels",
+               "classes", "label_map", "on_label_conflict")  # fmt: skip
+
+
+def ingest_params():
+    return {k: config["data"][k] for k in INGEST_KEYS if k in config["data"]}
+
+
+# Fail at parse time when the classes are known already (data.classes, or C-NMC's hem/all);
+# otherwise rule check_classes checks right after ingest.
+_KNOWN_CLASSES = known_classes(config["data"]["adapter"], config["data"]["classes"], config["data"]["label_map"])
+if _KNOWN_CLASSES:
+    check_positive_class(_KNOWN_CLASSES, config["data"]["positive_class"])
 
 
 def augment_params(wildcards):

@@ -3,7 +3,7 @@ rule train:
         train=shard_records("train"),
         val=shard_records("val"),
         manifests=shard_manifests("train"),
-        sources=SOURCES,
+        classes=CLASSES,
     output:
         model="results/models/{combo}/model.keras",
         history=HISTORY,
