@@ -129,3 +129,24 @@ def test_split_summary_counts_patients_and_cells(fake_sources):
     expected = splits.merge(sources, on="image_id").query("split == 'val' and label == 'hem'")
     row = table[(table.split == "val") & (table.label == "hem")].iloc[0]
     assert (row.patients, row.cells) == (expected.patient_id.nunique(), len(expected))
+
+
+def test_skipped_rows_get_no_split(fake_sources):
+    sources = fake_sources(n_patients=30)
+    sources.loc[:4, ["status", "reason"]] = ["skipped", "hidden"]
+    splits, _ = assign_splits(sources, seed=0, use_dataset_folds=False)
+    assert set(splits.image_id) == set(sources.image_id[5:])
+
+
+def test_a_class_missing_from_a_split_is_named_with_the_option_to_change(fake_sources, replica):
+    sources = fake_sources(n_patients=40)
+    rare = sources.patient_id.isin(["P1", "P2"])  # two patients cannot fill three splits
+    sources.loc[rare, ["label", "label_index"]] = ["blast", 2]
+    with pytest.raises(ValueError, match=r"split '(train|val|test)' has no 'blast' image.*split\.ratios"):
+        assign_splits(sources, seed=0, use_dataset_folds=False)
+
+    cnmc = sources_of(replica)
+    no_val_hem = (cnmc.fold == 2) & (cnmc.label == "hem")
+    cnmc.loc[no_val_hem, ["status", "reason"]] = ["quarantined", "truncated"]
+    with pytest.raises(ValueError, match=r"split 'val' has no 'hem' image.*split\.val_fold"):
+        assign_splits(cnmc, seed=0, val_fold=2)
