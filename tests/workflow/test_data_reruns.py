@@ -49,6 +49,14 @@ def test_changing_positive_class_reruns_only_what_uses_it(touched, tool_env, par
     }
 
 
+def test_changing_the_cyclic_schedule_retrains_only_triangular_combinations(touched, tool_env, params, tmp_path):
+    cyclic = {**params["train"]["cyclic"], "step_size": params["train"]["cyclic"]["step_size"] + 1}
+    override = write_override(tmp_path, "cyclic.yaml", {"train": {"cyclic": cyclic}})
+    triangular = sum(c["lr_policy"] == "triangular" for c in combos(params["train"], params["seed"]).values())
+    assert 0 < triangular < len(combos(params["train"], params["seed"]))
+    assert planned_jobs(touched, tool_env, "--configfile", override) == {"train": triangular, "evaluate": triangular, "leaderboard": 1}
+
+
 def test_a_positive_class_that_is_no_class_fails_at_parse_time(touched, tool_env, tmp_path):
     override = write_override(tmp_path, "bad.yaml", {"data": {"positive_class": "blast"}})
     with pytest.raises(RuntimeError, match=r"data\.positive_class: 'blast'.*'hem', 'all'"):

@@ -88,6 +88,14 @@ def augment_params(wildcards):
     return None
 
 
+def train_settings(wildcards):
+    """The train keys a combination's job reads: the cyclic schedule only when its lr_policy is triangular."""
+    settings = {k: v for k, v in config["train"].items() if k not in ("grid", "search", "trials", "baseline_svm")}
+    if COMBOS[wildcards.combo]["lr_policy"] != "triangular":
+        settings["cyclic"] = None
+    return settings
+
+
 def channels():
     return 4 if config["preprocess"].get("background", "alpha") == "alpha" else 3
 
