@@ -89,8 +89,10 @@ def augment_params(wildcards):
 
 
 def train_settings(wildcards):
-    """The train keys a combination's job reads: the cyclic schedule only when its lr_policy is triangular."""
-    settings = {k: v for k, v in config["train"].items() if k not in ("grid", "search", "trials", "baseline_svm")}
+    """The train keys a combination's job reads: the cyclic schedule only when its lr_policy is triangular.
+    Sorted, since Snakemake compares params as text and a --configfile overlay reorders keys."""
+    skip = ("grid", "search", "trials", "baseline_svm")
+    settings = {k: v for k, v in sorted(config["train"].items()) if k not in skip}
     if COMBOS[wildcards.combo]["lr_policy"] != "triangular":
         settings["cyclic"] = None
     return settings
