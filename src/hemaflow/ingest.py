@@ -78,7 +78,7 @@ def _label_conflicts(df: pd.DataFrame, policy: str) -> pd.Index:
     if policy not in ON_LABEL_CONFLICT:
         raise ValueError(f"data.on_label_conflict: {policy!r} is not allowed; use one of {', '.join(ON_LABEL_CONFLICT)}")
     ok = df[df["status"] == "ok"]
-    n_labels = ok.groupby("content_hash")["label"].transform(lambda s: s.nunique(dropna=False))
+    n_labels = ok.groupby("content_hash")["label"].transform("nunique")
     bad = []
     for _, group in ok[n_labels > 1].groupby("content_hash", sort=False):
         counts = group["label"].value_counts(dropna=False)
