@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from hemaflow.adapters import list_candidates  # noqa: E402
+from hemaflow.images import SKIP_REASONS  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +32,8 @@ def main() -> None:
     if not index.exists():
         sys.exit(f"no C-NMC file index at {index}; pass --index PATH")
 
-    cands = list_candidates("cnmc", "/nonexistent/C-NMC_Leukemia", index=str(index), dataset="cnmc")
+    cands, _ = list_candidates("cnmc", "/nonexistent/C-NMC_Leukemia", index=str(index), dataset="cnmc")
+    cands = cands[~cands["reason"].isin(list(SKIP_REASONS))]  # testing_data/ (unlabelled) and the labels CSV
     train_folds = int((cands["fold"] >= 0).sum())
     holdout = int(cands["holdout"].sum())
     copies = args.rotations * 2

@@ -25,9 +25,28 @@ REASONS = {
     "truncated": "image data truncated or corrupt",
     "too_large": "more pixels than data.max_pixels (decompression-bomb guard)",
     "outside_root": "path escapes the data root",
-    "bad_label": "label missing or not a known class",
+    "bad_label": "label missing, or the folder, file name and labels CSV disagree",
     "duplicate_name": "the same file listed twice",
+    "bad_filename": "file name is not valid UTF-8 (rel_path shows the bytes as \\x escapes)",
+    "unknown_label": "label is not one of data.classes",
+    "label_conflict": "identical pixels carry different labels elsewhere in the data set",
 }
+
+# Why a file under the data root is not a candidate at all (status `skipped`): not an error,
+# but recorded, so that every file on disk is accounted for.
+SKIP_REASONS = {
+    "hidden": "hidden file or folder (name starts with '.')",
+    "not_an_image_extension": "extension is not one of IMAGE_EXTENSIONS",
+    "outside_class_folder": "folders adapter: directly under the root, not in a class folder",
+    "outside_layout": "C-NMC: not part of the training_data/ or validation_data/ layout",
+    "unlabelled": "C-NMC: testing_data/ has no labels",
+    "label_file": "the labels CSV or file list itself",
+    "not_in_filelist": "filelist adapter: a file under the root that the file list does not name",
+    "dropped_by_label_map": "its class is mapped to null in data.label_map",
+}
+
+# What a walked file must end with to be decoded (any case); listed files are always decoded.
+IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".webp")
 
 
 class ImageRejected(Exception):

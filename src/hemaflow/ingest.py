@@ -1,7 +1,9 @@
 """Decode every candidate once: size, mode, content hash, exact duplicates and quarantine.
 
-Nothing is dropped: a file that cannot be used stays in the sources manifest with
-status `quarantined` and a reason from `images.REASONS`.
+Nothing is dropped: a file that cannot be used stays in the sources manifest with status
+`quarantined` and a reason from `images.REASONS`; a file that is not a candidate (hidden,
+not an image, outside the layout, dropped by the label map) has status `skipped` and a
+reason from `images.SKIP_REASONS`. Only `ok` rows go on to the split.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from hemaflow.images import REASONS, ImageRejected, load_rgb
+from hemaflow.adapters import similar_labels
+from hemaflow.images import REASONS, SKIP_REASONS, ImageRejected, load_rgb
 
 SOURCE_COLUMNS = [
-    "image_id", "dataset", "rel_path", "patient_id", "label", "label_index", "fold", "holdout",
+    "image_id", "dataset", "rel_path", "patient_id", "source_label", "label", "label_index", "fold", "holdout",
     "width", "height", "mode", "format", "content_hash", "duplicate_of", "status", "reason",
 ]  # fmt: skip
 
@@ -63,6 +66,29 @@ def _mark_duplicates(df: pd.DataFrame) -> pd.Series:
     return dup.reindex(df.index).astype("str")
 
 
+ON_LABEL_CONFLICT = ("quarantine", "majority")
+
+
+def _label_conflicts(df: pd.DataFrame, policy: str) -> pd.Index:
+    """Rows to quarantine as `label_conflict`: `ok` rows whose pixels recur under another label.
+
+    quarantine: every member of such a group; majority: the members outside the group's most
+    frequent label, or every member when two labels tie (no label can be trusted then).
+    """
+    if policy not in ON_LABEL_CONFLICT:
+        raise ValueError(f"data.on_label_conflict: {policy!r} is not allowed; use one of {', '.join(ON_LABEL_CONFLICT)}")
+    ok = df[df["status"] == "ok"]
+    n_labels = ok.groupby("content_hash")["label"].transform("nunique")
+    bad = []
+    for _, group in ok[n_labels > 1].groupby("content_hash", sort=False):
+        counts = group["label"].value_counts(dropna=False)
+        if policy == "majority" and (counts == counts.iloc[0]).sum() == 1:
+            bad.append(group.index[group["label"] != counts.index[0]])
+        else:
+            bad.append(group.index)
+    return bad[0].append(bad[1:]) if bad else pd.Index([], dtype=int)
+
+
 def build_sources(
     candidates: pd.DataFrame,
     root,
@@ -71,6 +97,7 @@ def build_sources(
     strict: bool = False,
     max_pixels: int,
     threads: int = 1,
+    on_label_conflict: str = "quarantine",
 ) -> pd.DataFrame:
     """The sources manifest (SOURCE_COLUMNS) for `candidates` from `adapters.list_candidates`."""
     if candidates["image_id"].duplicated().any():
@@ -90,16 +117,18 @@ def build_sources(
     for col in ("mode", "format"):  # empty when the file could not be decoded
         df[col] = decoded[col].reindex(df.index).fillna("").astype("str")
     df["content_hash"] = decoded["content_hash"].reindex(df.index).astype("str")
-    df["status"] = np.where(df["reason"].isna(), "ok", "quarantined")
+    df["status"] = np.select([df["reason"].isna(), df["reason"].isin(list(SKIP_REASONS))], ["ok", "skipped"], "quarantined")
+    conflicts = _label_conflicts(df, on_label_conflict)
+    df.loc[conflicts, ["reason", "status"]] = ["label_conflict", "quarantined"]
     df["duplicate_of"] = _mark_duplicates(df)
     df = df[SOURCE_COLUMNS]
-    if strict and (df["status"] != "ok").any():
+    if strict and (df["status"] == "quarantined").any():
         raise ValueError(_strict_message(df, root))
     return df
 
 
 def _strict_message(df: pd.DataFrame, root: Path) -> str:
-    bad = df[df["status"] != "ok"]
+    bad = df[df["status"] == "quarantined"]
     lines = "\n".join(f"  {r.rel_path}: {r.reason} ({REASONS[r.reason]})" for r in bad.itertuples())
     return (
         f"{len(bad)} bad input file(s) under {root} (data.strict is true; set it to false to "
@@ -107,20 +136,46 @@ def _strict_message(df: pd.DataFrame, root: Path) -> str:
     )
 
 
-def summary(sources: pd.DataFrame) -> dict:
-    """Counts for the run summary: status, quarantine reasons, classes of usable files, duplicates."""
+def summary(sources: pd.DataFrame, classes, *, warn_similar: bool = True) -> dict:
+    """The ingest report: status counts (ok + quarantined + skipped = rows), reasons, usable
+    images per class (empty classes listed), label-conflict groups and, with `warn_similar`
+    (no data.classes to check against), class names that look like typos of each other."""
     ok = sources[sources["status"] == "ok"]
     dups = ok["duplicate_of"].dropna()
 
     def counts(s: pd.Series) -> dict:
         return {str(k): int(v) for k, v in s.value_counts().sort_index().items()}
 
-    return {
+    per_class = {c: int((ok["label"] == c).sum()) for c in classes}
+    unlabelled = int(ok["label"].isna().sum())
+    info = {
         "files": len(sources),
-        "status": counts(sources["status"]),
-        "reasons": counts(sources["reason"].dropna()),
-        "classes": counts(ok["label"].fillna("(unlabelled)")),
+        "status": {s: int((sources["status"] == s).sum()) for s in ("ok", "quarantined", "skipped")},
+        "reasons": counts(sources.loc[sources["status"] == "quarantined", "reason"]),
+        "skipped": counts(sources.loc[sources["status"] == "skipped", "reason"]),
+        "classes": {**per_class, **({"(unlabelled)": unlabelled} if unlabelled else {})},
+        "empty_classes": [c for c, n in per_class.items() if n == 0],
         "patients": int(ok["patient_id"].nunique()),
         "duplicate_groups": int(dups.nunique()),
         "duplicate_files": len(dups),
+        "label_conflicts": _conflict_groups(sources),
     }
+    if warn_similar:
+        info["similar_labels"] = [list(p) for p in similar_labels(classes)]
+    return info
+
+
+def _conflict_groups(sources: pd.DataFrame) -> list[dict]:
+    """Every group of identical images with several labels: its files, labels and the label kept (if any)."""
+    hashes = sources.loc[sources["reason"] == "label_conflict", "content_hash"].unique()
+    groups = []
+    for h in sorted(hashes):
+        same = sources["content_hash"] == h
+        members = sources[same & ((sources["status"] == "ok") | (sources["reason"] == "label_conflict"))]
+        kept = members.loc[members["status"] == "ok", "label"].unique()
+        groups.append({
+            "content_hash": h[:16],
+            "files": {r.rel_path: r.label for r in members.itertuples()},
+            "kept": str(kept[0]) if len(kept) else None,
+        })  # fmt: skip
+    return groups

@@ -1,7 +1,8 @@
-"""Parquet manifests: one pyarrow schema per manifest, checked on every write and read."""
+"""Parquet manifests: one pyarrow schema per manifest, checked on every write and read; the class list."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +21,7 @@ S = pa.string()
 SCHEMAS: dict[str, pa.Schema] = {
     "sources": pa.schema([
         _f("image_id", S), _f("dataset", S), _f("rel_path", S), _f("patient_id", S, True),
-        _f("label", S, True), _f("label_index", pa.int16()), _f("fold", pa.int8()),
+        _f("source_label", S, True), _f("label", S, True), _f("label_index", pa.int16()), _f("fold", pa.int8()),
         _f("holdout", pa.bool_()), _f("width", pa.int32()), _f("height", pa.int32()),
         _f("mode", S), _f("format", S), _f("content_hash", S, True), _f("duplicate_of", S, True),
         _f("status", S), _f("reason", S, True),
@@ -34,6 +35,18 @@ SCHEMAS: dict[str, pa.Schema] = {
         _f("zoom", pa.float64()), _f("shear", pa.float64()),
     ]),
 }  # fmt: skip
+
+
+def write_classes(classes, path) -> None:
+    """The class list of the data set (position = label_index), written once by ingest."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"classes": list(classes)}, indent=2) + "\n")
+
+
+def read_classes(path) -> list[str]:
+    """The class names in label_index order: the one home of the class list for every later step."""
+    return list(json.loads(Path(path).read_text())["classes"])
 
 
 class ManifestError(ValueError):

@@ -117,8 +117,28 @@ def assign_splits(
         split = _merge_straddlers(_dataset_splits(ok, val_fold, notes), group, notes)
     else:
         split = _stratified_splits(ok, group, seed, ratios, notes)
+    folds = use_dataset_folds and ((ok["fold"] >= 0).any() or ok["holdout"].any())
+    _check_every_class_in_every_split(ok, split, folds)
     out = pd.DataFrame({"image_id": ok["image_id"], "split": split, "group": group})
     return out.astype("str"), notes
+
+
+def _check_every_class_in_every_split(ok: pd.DataFrame, split: pd.Series, dataset_folds: bool) -> None:
+    """ValueError naming each (split, class) without images, and the option that changes it.
+
+    With dataset folds and no labelled holdout the test split is empty by design (a note says so).
+    """
+    expected = [s for s in SPLITS if not (s == "test" and dataset_folds and not ok["holdout"].any())]
+    classes = ok.drop_duplicates("label_index").sort_values("label_index")["label"].fillna("(unlabelled)")
+    labels = ok["label"].fillna("(unlabelled)")
+    gaps = [f"split {s!r} has no {c!r} image" for s in expected for c in classes if not ((split == s) & (labels == c)).any()]
+    if gaps:
+        fix = (
+            "choose another split.val_fold, set split.use_dataset_folds: false, or add data of that class"
+            if dataset_folds
+            else "change split.ratios (a larger share for that split) or add patients of that class"
+        )
+        raise ValueError(f"the split leaves a class out: {'; '.join(gaps)}. Every class needs images in train, val and test: {fix}")
 
 
 def split_summary(sources: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:

@@ -48,7 +48,7 @@ def _fake_sources(n_patients=60, cells=(2, 9), seed=0, patients=True, dataset="f
             rel = f"{label}/P{p}_{c}.png"
             rows.append({
                 "image_id": image_id(dataset, rel), "dataset": dataset, "rel_path": rel,
-                "patient_id": f"P{p}" if patients else None, "label": label,
+                "patient_id": f"P{p}" if patients else None, "source_label": label, "label": label,
                 "label_index": int(label == "all"), "fold": -1, "holdout": False,
                 "width": 8, "height": 8, "mode": "RGB", "format": "PNG",
                 "content_hash": f"{p}-{c}", "duplicate_of": None, "status": "ok", "reason": None,

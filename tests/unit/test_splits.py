@@ -39,7 +39,7 @@ def leaky_replica(replica, tmp_path):
 
 
 def sources_of(root) -> pd.DataFrame:
-    return build_sources(list_candidates("cnmc", root, dataset="r"), root, dataset="r", max_pixels=10**7)
+    return build_sources(list_candidates("cnmc", root, dataset="r")[0], root, dataset="r", max_pixels=10**7)
 
 
 def test_dataset_folds_holdout_is_test(replica):
@@ -152,3 +152,22 @@ def test_pyproject_requires_the_pandas_whose_strings_the_manifests_use():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     pandas = next(Requirement(d) for d in deps if Requirement(d).name == "pandas")
     assert "2.2.3" not in pandas.specifier and "3.1.1" in pandas.specifier
+def test_skipped_rows_get_no_split(fake_sources):
+    sources = fake_sources(n_patients=30)
+    sources.loc[:4, ["status", "reason"]] = ["skipped", "hidden"]
+    splits, _ = assign_splits(sources, seed=0, use_dataset_folds=False)
+    assert set(splits.image_id) == set(sources.image_id[5:])
+
+
+def test_a_class_missing_from_a_split_is_named_with_the_option_to_change(fake_sources, replica):
+    sources = fake_sources(n_patients=40)
+    rare = sources.patient_id.isin(["P1", "P2"])  # two patients cannot fill three splits
+    sources.loc[rare, ["label", "label_index"]] = ["blast", 2]
+    with pytest.raises(ValueError, match=r"split '(train|val|test)' has no 'blast' image.*split\.ratios"):
+        assign_splits(sources, seed=0, use_dataset_folds=False)
+
+    cnmc = sources_of(replica)
+    no_val_hem = (cnmc.fold == 2) & (cnmc.label == "hem")
+    cnmc.loc[no_val_hem, ["status", "reason"]] = ["quarantined", "truncated"]
+    with pytest.raises(ValueError, match=r"split 'val' has no 'hem' image.*split\.val_fold"):
+        assign_splits(cnmc, seed=0, val_fold=2)

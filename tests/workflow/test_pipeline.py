@@ -21,7 +21,9 @@ def test_data_half_leaves_every_manifest(pipeline, params):
     sources = pd.read_parquet(m / "sources.parquet")
     splits = pd.read_parquet(m / "splits.parquet")
     augmented = pd.read_parquet(m / "augmented.parquet")
-    assert (sources["status"] == "ok").all()  # the replica has no bad files
+    assert not (sources["status"] == "quarantined").any()  # the replica has no bad files
+    skipped = sources.loc[sources["status"] == "skipped", "reason"]  # its unlabelled testing_data/, labels CSV
+    assert set(skipped) == {"unlabelled", "label_file", "hidden"}  # hidden: Snakemake's .snakemake_timestamp
     assert set(splits["split"]) == {"train", "val", "test"}
     for split, n in params["augment"]["shards"].items():
         assert len(list((pipeline / "results/shards" / split).glob("*.tfrecord"))) == n

@@ -42,7 +42,7 @@ rule contact_sheet:
     input:
         records=lambda w: shard_records(w.split),
         manifests=lambda w: shard_manifests(w.split),
-        sources=SOURCES,
+        classes=CLASSES,
     output:
         report(
             "results/reports/contact_sheets/{split}.png",

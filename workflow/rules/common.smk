@@ -10,6 +10,7 @@ import yaml
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
+from hemaflow.adapters import check_positive_class, known_classes
 from hemaflow.config import check_data_paths, validate_params
 from hemaflow.grid import combos
 from hemaflow.manifest import SPLITS
@@ -39,6 +40,8 @@ BASELINE = "svm_rbf"
 MODEL_IDS = list(COMBOS) + ([BASELINE] if config["train"]["baseline_svm"] else [])
 
 SOURCES = "results/manifests/sources.parquet"
+CLASSES = "results/manifests/classes.json"  # the class list (position = label_index), written by ingest
+POSITIVE = "results/reports/positive_class.json"
 SPLITS_TABLE = "results/manifests/splits.parquet"
 AUGMENTED = "results/manifests/augmented.parquet"
 # Tables behind the figures, one directory per figure kind: what dvc.yaml's `plots` read.
@@ -80,8 +83,27 @@ def shard_manifests(split):
 
 
 def data_input():
-    """What ingest reads: the replica (made by `synthesize`), the user's root, or an index file."""
-    return config["data"]["index"] or config["data"]["root"]
+    """What ingest reads: the replica (made by `synthesize`), the user's root, or an index file,
+    and the file list (editing a label in it reruns ingest)."""
+    d = config["data"]
+    files = [d["index"] or d["root"]]
+    return files + ([d["filelist"]] if d["adapter"] == "filelist" and d["filelist"] else [])
+
+
+# The data keys ingest reads: everything but positive_class (which only evaluation uses).
+INGEST_KEYS = ("adapter", "name", "root", "index", "patient_regex", "filelist", "strict", "max_pixels",
+               "classes", "label_map", "on_label_conflict")  # fmt: skip
+
+
+def ingest_params():
+    return {k: config["data"][k] for k in INGEST_KEYS}
+
+
+# Fail at parse time when the classes are known already (data.classes, or C-NMC's hem/all);
+# otherwise rule check_classes checks right after ingest.
+_KNOWN_CLASSES = known_classes(config["data"]["adapter"], config["data"]["classes"], config["data"]["label_map"])
+if _KNOWN_CLASSES:
+    check_positive_class(_KNOWN_CLASSES, config["data"]["positive_class"])
 
 
 def augment_params(wildcards):
@@ -89,6 +111,16 @@ def augment_params(wildcards):
     if wildcards.split in config["augment"]["splits"]:
         return {k: v for k, v in config["augment"].items() if k not in ("shards", "contact_sheet", "splits")}
     return None
+
+
+def train_settings(wildcards):
+    """The train keys a combination's job reads: the cyclic schedule only when its lr_policy is triangular.
+    Sorted, since Snakemake compares params as text and a --configfile overlay reorders keys."""
+    skip = ("grid", "search", "trials", "baseline_svm")
+    settings = {k: v for k, v in sorted(config["train"].items()) if k not in skip}
+    if COMBOS[wildcards.combo]["lr_policy"] != "triangular":
+        settings["cyclic"] = None
+    return settings
 
 
 def channels():

@@ -20,6 +20,7 @@ rule ingest:
         data_input(),
     output:
         sources=SOURCES,
+        classes=CLASSES,
         quarantine=report("results/reports/quarantine.csv", caption="../report/quarantine.rst", category="Data", labels={"table": "quarantine"}),
         summary="results/reports/ingest.json",
     log:
@@ -28,7 +29,7 @@ rule ingest:
         "results/benchmarks/ingest.tsv"
     params:
         library_code=library_code("ingest.py"),
-        data=config["data"],
+        data=ingest_params(),
     threads: 2
     conda:
         "../../envs/data.yaml"

@@ -1,9 +1,30 @@
+# Right after ingest (priority), before any training finishes: data.positive_class must be a
+# class of a two-class set. Only evaluation depends on it, so changing it reruns only evaluation.
+rule check_classes:
+    input:
+        CLASSES,
+    output:
+        POSITIVE,
+    log:
+        "results/logs/check_classes.log",
+    params:
+        library_code=library_code("check_classes.py"),
+        positive_class=config["data"]["positive_class"],
+    priority: 50
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/check_classes.py"
+
+
 rule evaluate:
     input:
         model=lambda w: model_file(w.combo),
         records=[r for split in SPLITS for r in shard_records(split)],
         augmented=AUGMENTED,
         sources=SOURCES,
+        classes=CLASSES,
+        positive=POSITIVE,
     output:
         metrics="results/evaluation/{combo}/metrics.json",
         predictions="results/evaluation/{combo}/predictions.parquet",
@@ -33,7 +54,6 @@ rule evaluate:
     params:
         library_code=library_code("evaluate.py"),
         channels=channels(),
-        positive_class=config["data"]["positive_class"],
         baseline=lambda w: w.combo == BASELINE,
         tables=lambda w: PLOT_TABLE.replace("{combo}", w.combo),
     threads: 1

@@ -3,7 +3,7 @@ rule train:
         train=shard_records("train"),
         val=shard_records("val"),
         manifests=shard_manifests("train"),
-        sources=SOURCES,
+        classes=CLASSES,
     output:
         model="results/models/{combo}/model.keras",
         history=HISTORY,
@@ -21,7 +21,7 @@ rule train:
     params:
         library_code=library_code("train.py"),
         combo=lambda w: COMBOS[w.combo],
-        settings={k: v for k, v in config["train"].items() if k not in ("grid", "search", "trials", "baseline_svm")},
+        settings=train_settings,
         size=config["preprocess"]["size"],
         channels=channels(),
         seed=config["seed"],

@@ -4,16 +4,19 @@ from hemaflow.logs import to_log
 
 to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
 from hemaflow.evaluate import evaluate_predictions, predict, predict_baseline
-from hemaflow.manifest import read_manifest
+from hemaflow.manifest import read_classes, read_manifest
 
 records = list(snakemake.input.records)
 sources = read_manifest(snakemake.input.sources, "sources")
-classes = sources[sources["label_index"] >= 0].drop_duplicates("label_index").sort_values("label_index")
+classes = read_classes(snakemake.input.classes)
+with open(snakemake.input.positive) as f:
+    positive_class = json.load(f)["positive_class"]  # checked against the classes by rule check_classes
 if snakemake.params.baseline:
     from hemaflow.baseline import load_svm
 
@@ -29,8 +32,8 @@ evaluate_predictions(
     pred,
     pd.read_parquet(snakemake.input.augmented),
     sources,
-    class_names=list(classes["label"]),
-    positive_class=snakemake.params.positive_class,
+    class_names=classes,
+    positive_class=positive_class,
     out_dir=Path(snakemake.output.metrics).parent,
     table_pattern=snakemake.params.tables,
 )

@@ -1,4 +1,4 @@
-"""Read the data through its adapter, decode every image once, quarantine bad inputs."""
+"""Read the data through its adapter, decode every image once, quarantine bad inputs, record skipped files."""
 
 from hemaflow.logs import to_log
 
@@ -9,16 +9,18 @@ import logging
 
 from hemaflow.adapters import list_candidates
 from hemaflow.ingest import build_sources, summary
-from hemaflow.manifest import write_manifest
+from hemaflow.manifest import write_classes, write_manifest
 
 d = snakemake.params.data
-candidates = list_candidates(
-    d["adapter"] if d["adapter"] != "synthetic" else "cnmc",
+candidates, classes = list_candidates(
+    d["adapter"],
     d["root"],
     index=d["index"],
     patient_regex=d["patient_regex"],
     filelist=d["filelist"],
     dataset=d["name"],
+    classes=d["classes"],
+    label_map=d["label_map"],
 )
 sources = build_sources(
     candidates,
@@ -27,13 +29,22 @@ sources = build_sources(
     strict=d["strict"],
     max_pixels=d["max_pixels"],
     threads=snakemake.threads,
+    on_label_conflict=d["on_label_conflict"],
 )
 write_manifest(sources, snakemake.output.sources, "sources")
-bad = sources[sources["status"] != "ok"]
+write_classes(classes, snakemake.output.classes)
+bad = sources[sources["status"] == "quarantined"]
 bad[["image_id", "rel_path", "reason"]].to_csv(snakemake.output.quarantine, index=False)
-info = summary(sources)
+info = summary(sources, classes, warn_similar=not d["classes"])
 with open(snakemake.output.summary, "w") as f:
     json.dump(info, f, indent=2, sort_keys=True)
 logging.info("ingest: %s", json.dumps(info, sort_keys=True))
 if len(bad):
     logging.warning("%d file(s) quarantined; see %s", len(bad), snakemake.output.quarantine)
+for name in info["empty_classes"]:
+    logging.warning("class %r has no usable image (an empty class folder, or every file of it is bad)", name)
+for a, b in info.get("similar_labels", []):
+    logging.warning("labels %r and %r differ by one character, case or spaces: a typo? set data.classes "
+                    "to the expected names (or data.label_map to merge them)", a, b)  # fmt: skip
+for group in info["label_conflicts"]:
+    logging.warning("identical images with different labels: %s", group["files"])

@@ -7,13 +7,12 @@ to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
 import pandas as pd
 import tensorflow as tf
 
-from hemaflow.manifest import read_manifest
+from hemaflow.manifest import read_classes
 from hemaflow.train import train_combo
 
 tf.config.threading.set_intra_op_parallelism_threads(snakemake.threads)
 tf.config.threading.set_inter_op_parallelism_threads(snakemake.threads)
 
-sources = read_manifest(snakemake.input.sources, "sources")
 train_rows = pd.concat([pd.read_parquet(p, columns=["label_index"]) for p in snakemake.input.manifests])
 s = snakemake.params.settings
 train_combo(
@@ -22,7 +21,7 @@ train_combo(
     val_records=list(snakemake.input.val),
     channels=snakemake.params.channels,
     size=snakemake.params.size,
-    n_classes=int(sources["label_index"].max()) + 1,
+    n_classes=len(read_classes(snakemake.input.classes)),
     max_epochs=s["max_epochs"],
     patience=s["patience"],
     cyclic=s["cyclic"],

@@ -1,0 +1,89 @@
+"""Reruns triggered by exactly what changed, on dry-run plans of a copied repository whose outputs are
+marked current by `snakemake --touch` (which records each job's params and code, as a real run does)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hemaflow.grid import combos
+
+from harness import ROOT, copy_repo, planned_jobs, run, write_override
+
+
+def touch_all(work: Path, env, *args: str) -> None:
+    """Create every output the DAG would make, empty, then `--touch` them in DAG order: a finished run, cheaply."""
+    table = run(["snakemake", "--summary", *args], work, env).stdout.splitlines()
+    for line in table[1:]:
+        path, _, rule, *_ = line.split("\t")
+        target = work / path
+        if rule == "synthesize":  # a directory() output
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+    run(["snakemake", "--cores", "1", "--touch", *args], work, env)
+    assert planned_jobs(work, env, *args) == {}
+
+
+pytestmark = pytest.mark.slow  # about a minute each on 2 busy cores (Snakemake start-ups), no real job runs
+
+
+@pytest.fixture(scope="module")
+def touched(tmp_path_factory, tool_env) -> Path:
+    """The default pipeline, every job done (empty outputs). Read-only for tests."""
+    work = copy_repo(tmp_path_factory.mktemp("touched"), tool_env)
+    touch_all(work, tool_env)
+    return work
+
+
+def test_changing_positive_class_reruns_only_what_uses_it(touched, tool_env, params, tmp_path):
+    override = write_override(tmp_path, "positive.yaml", {"data": {"positive_class": "hem"}})
+    n_models = len(combos(params["train"], params["seed"])) + 1  # and the SVM
+    assert planned_jobs(touched, tool_env, "--configfile", override) == {
+        "check_classes": 1,
+        "evaluate": n_models,
+        "leaderboard": 1,
+    }
+
+
+def test_changing_the_cyclic_schedule_retrains_only_triangular_combinations(touched, tool_env, params, tmp_path):
+    cyclic = {**params["train"]["cyclic"], "step_size": params["train"]["cyclic"]["step_size"] + 1}
+    override = write_override(tmp_path, "cyclic.yaml", {"train": {"cyclic": cyclic}})
+    triangular = sum(c["lr_policy"] == "triangular" for c in combos(params["train"], params["seed"]).values())
+    assert 0 < triangular < len(combos(params["train"], params["seed"]))
+    assert planned_jobs(touched, tool_env, "--configfile", override) == {"train": triangular, "evaluate": triangular, "leaderboard": 1}
+
+
+def test_a_positive_class_that_is_no_class_fails_at_parse_time(touched, tool_env, tmp_path):
+    override = write_override(tmp_path, "bad.yaml", {"data": {"positive_class": "blast"}})
+    with pytest.raises(RuntimeError, match=r"data\.positive_class: 'blast'.*'hem', 'all'"):
+        planned_jobs(touched, tool_env, "--configfile", override)
+
+
+def test_editing_a_label_in_the_filelist_reruns_ingest_and_what_follows(tmp_path, tool_env, params):
+    work = copy_repo(tmp_path / "repo", tool_env)
+    root = work / "data/raw/mine"
+    root.mkdir(parents=True)
+    labels = work / "labels.csv"  # outside the root: the root directory's mtime would not show the edit
+    labels.write_text("path,label\na.png,blast\nb.png,normal\n")
+    data = {"adapter": "filelist", "name": "mine", "root": "data/raw/mine", "filelist": "labels.csv", "positive_class": "blast"}
+    override = write_override(tmp_path, "mine.yaml", {"data": data})
+    touch_all(work, tool_env, "--configfile", override)
+    labels.write_text("path,label\na.png,blast\nb.png,blast\n")
+    jobs = planned_jobs(work, tool_env, "--configfile", override)
+    assert jobs.get("ingest") == 1 and jobs.get("split") == 1 and jobs.get("check_classes") == 1
+    assert "synthesize" not in jobs and jobs.get("train") == len(combos(params["train"], params["seed"]))
+
+
+def test_dvc_prepare_stage_reads_every_data_key_but_positive_class():
+    """DVC's view of the same narrowing: prepare lists each data key ingest reads, evaluate positive_class."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    schema = yaml.safe_load((ROOT / "workflow/schemas/params.schema.yaml").read_text())
+    data_keys = {f"data.{k}" for k in schema["properties"]["data"]["properties"]}
+    prepare = set(stages["prepare"]["params"])
+    assert "data" not in prepare
+    assert {p for p in prepare if p.startswith("data.")} == data_keys - {"data.positive_class"}
+    assert "data.positive_class" in stages["evaluate"]["params"]
