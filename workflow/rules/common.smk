@@ -9,7 +9,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from hemaflow.config import validate_params
-from hemaflow.grid import combos
+from hemaflow.grid import check_patient_sheet, combos, is_fused
 from hemaflow.provenance import library_digest
 
 SCHEMA = Path(workflow.basedir) / "workflow/schemas/params.schema.yaml"
@@ -18,6 +18,8 @@ validate(config, schema=str(SCHEMA))
 
 SPLITS = ["train", "val", "test"]
 COMBOS = combos(config["train"], config["seed"])
+PATIENT_SHEET = config["data"].get("patient_sheet")
+check_patient_sheet(COMBOS, PATIENT_SHEET)
 BASELINE = "svm_rbf"
 MODEL_IDS = list(COMBOS) + ([BASELINE] if config["train"].get("baseline_svm", True) else [])
 
@@ -65,6 +67,18 @@ def augment_params(wildcards):
     if wildcards.split in config["augment"].get("splits", ["train"]):
         return {k: v for k, v in config["augment"].items() if k not in ("shards", "contact_sheet", "splits")}
     return None
+
+
+def fused_inputs(*manifests):
+    """Input function: a fused (image+cbc) combination also reads the patient sheet and the
+    manifests named here (to join it to the records); image-only combinations read neither."""
+
+    def inputs(wildcards):
+        if not is_fused(COMBOS.get(wildcards.combo, {})):
+            return {}
+        return {"sheet": PATIENT_SHEET, **{Path(m).stem: m for m in manifests}}
+
+    return inputs
 
 
 def channels():

@@ -1,5 +1,6 @@
 rule evaluate:
     input:
+        unpack(fused_inputs()),
         model=lambda w: model_file(w.combo),
         records=[r for split in SPLITS for r in shard_records(split)],
         augmented=AUGMENTED,

@@ -1,5 +1,6 @@
 rule train:
     input:
+        unpack(fused_inputs(SPLITS_TABLE, AUGMENTED)),
         train=shard_records("train"),
         val=shard_records("val"),
         manifests=shard_manifests("train"),
@@ -21,7 +22,7 @@ rule train:
     params:
         library_code=library_code("train.py"),
         combo=lambda w: COMBOS[w.combo],
-        settings={k: v for k, v in config["train"].items() if k not in ("grid", "search", "trials", "baseline_svm")},
+        settings={k: v for k, v in config["train"].items() if k not in ("grid", "search", "trials", "baseline_svm", "fusion")},
         size=config["preprocess"]["size"],
         channels=channels(),
         seed=config["seed"],

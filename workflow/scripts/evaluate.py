@@ -13,6 +13,7 @@ from hemaflow.manifest import read_manifest
 
 records = list(snakemake.input.records)
 sources = read_manifest(snakemake.input.sources, "sources")
+augmented = pd.read_parquet(snakemake.input.augmented)
 classes = sources[sources["label_index"] >= 0].drop_duplicates("label_index").sort_values("label_index")
 if snakemake.params.baseline:
     import joblib
@@ -21,13 +22,17 @@ if snakemake.params.baseline:
         joblib.load(snakemake.input.model), records, channels=snakemake.params.channels, n_classes=len(classes)
     )
 else:
-    import keras
+    from hemaflow import fusion
 
-    pred = predict(keras.models.load_model(snakemake.input.model), records, channels=snakemake.params.channels)
+    model = fusion.load_model(snakemake.input.model)
+    cbc = None
+    if fusion.is_fused(model):
+        cbc = fusion.for_model(model, snakemake.input.sheet, sources, augmented)
+    pred = predict(model, records, channels=snakemake.params.channels, cbc=cbc)
 
 evaluate_predictions(
     pred,
-    pd.read_parquet(snakemake.input.augmented),
+    augmented,
     sources,
     class_names=list(classes["label"]),
     positive_class=snakemake.params.positive_class,
