@@ -126,4 +126,4 @@ def dataset(records, inputs: CBCInputs | None, **kwargs) -> tf.data.Dataset:
         return make_dataset(records, **kwargs)
     rows = inputs.lookup()
     ds = make_dataset(records, with_ids=True, **kwargs)
-    return ds.map(lambda image, label, ids: ((image, rows(ids)), label), deterministic=True)
+    return ds.map(lambda image, label, ids: ((image, rows(ids)), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
