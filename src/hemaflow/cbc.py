@@ -42,7 +42,7 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
     raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     raw.columns = [c.strip() for c in raw.columns]
     if "patient_id" not in raw.columns:
-        raise ValueError(f"{path}: no patient_id column; the sheet needs patient_id and some of {', '.join(CBC_COLUMNS)}")
+        raise ValueError(f"{path}: no patient_id column; the sheet needs it and some of {', '.join(CBC_COLUMNS)}")
     columns = [c for c in CBC_COLUMNS if c in raw.columns]
     if not columns:
         raise ValueError(f"{path}: no CBC column; expected some of {', '.join(CBC_COLUMNS)} (lower case)")

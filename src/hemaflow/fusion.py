@@ -46,7 +46,7 @@ class CBCStandardise(layers.Layer):
         return {**super().get_config(), "columns": self.columns, "mean": self.mean, "std": self.std}
 
 
-def build_fused_model(name: str, input_shape, n_classes: int, dropout: float, stats: cbc.Standardisation) -> keras.Model:
+def build_fused_model(name: str, input_shape, n_classes: int, dropout: float, stats: cbc.Standardisation):
     """Zoo model `name` with the standardised CBC vector (and its indicators) concatenated to the
     input of its classification layer: image features up to the penultimate layer, then the head."""
     image_model = build_model(name, input_shape, n_classes, dropout)
@@ -67,6 +67,11 @@ def build(name: str, input_shape, n_classes: int, dropout: float, inputs: CBCInp
 
 def is_fused(model: keras.Model) -> bool:
     return len(model.inputs) == 2
+
+
+def model_columns(model: keras.Model) -> list[str]:
+    """The CBC columns, in input order, that a fused model was trained on."""
+    return list(model.get_layer("cbc_standardise").columns)
 
 
 def load_model(path: str | os.PathLike) -> keras.Model:
@@ -112,7 +117,7 @@ def prepare(sheet_path, sources: pd.DataFrame, splits: pd.DataFrame, augmented: 
 
 def for_model(model: keras.Model, sheet_path, sources: pd.DataFrame, augmented: pd.DataFrame) -> CBCInputs:
     """The sheet joined to every record in the columns a trained fused model was fitted on."""
-    columns = model.get_layer("cbc_standardise").columns
+    columns = model_columns(model)
     sheet = cbc.read_sheet(sheet_path)
     absent = [c for c in columns if c not in sheet.columns]
     if absent:
@@ -126,4 +131,8 @@ def dataset(records, inputs: CBCInputs | None, **kwargs) -> tf.data.Dataset:
         return make_dataset(records, **kwargs)
     rows = inputs.lookup()
     ds = make_dataset(records, with_ids=True, **kwargs)
-    return ds.map(lambda image, label, ids: ((image, rows(ids)), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def fused(image, label, ids):
+        return (image, rows(ids)), label
+
+    return ds.map(fused, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

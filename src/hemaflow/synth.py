@@ -170,7 +170,8 @@ def cbc_sheet(rng, patients) -> pd.DataFrame:
     rows = []
     for pid, label in patients:
         draw = CBC_DRAW[label]
-        v = {k: float(rng.lognormal(np.log(m), s) if kind == "log" else rng.normal(m, s)) for k, (kind, m, s) in draw.items()}
+        v = {k: float(rng.lognormal(np.log(m), s) if kind == "log" else rng.normal(m, s))
+             for k, (kind, m, s) in draw.items()}
         v["haematocrit"] = 2.95 * v["haemoglobin"] + rng.normal(0.0, 1.2)
         lympho = float(np.clip(v.pop("lymphocytes"), 5.0, 90.0))
         mono, eos, baso = rng.normal(6.0, 2.0), rng.gamma(2.0, 1.2), rng.gamma(2.0, 0.25)

@@ -70,8 +70,9 @@ def train_combo(
     weights = _class_weights(class_weight, class_counts)
     n_train, n_val = _count(train_records), _count(val_records)
     batches = dict(channels=channels, n_classes=n_classes, batch_size=combo["batch_size"], seed=seed, size=size)
-    train_ds = _for_fit(fusion.dataset(train_records, cbc, shuffle=True, **batches), n_train, combo["batch_size"], n_classes)
-    val_ds = _for_fit(fusion.dataset(val_records, cbc, shuffle=False, **batches), n_val, combo["batch_size"], n_classes)
+    bs = combo["batch_size"]
+    train_ds = _for_fit(fusion.dataset(train_records, cbc, shuffle=True, **batches), n_train, bs, n_classes)
+    val_ds = _for_fit(fusion.dataset(val_records, cbc, shuffle=False, **batches), n_val, bs, n_classes)
 
     model = fusion.build(combo["model"], (size, size, channels), n_classes, combo["dropout"], cbc)
     model.compile(

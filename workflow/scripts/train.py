@@ -20,8 +20,8 @@ train_rows = pd.concat([pd.read_parquet(p, columns=["label_index"]) for p in sna
 s = snakemake.params.settings
 cbc = None
 if is_fused(snakemake.params.combo):
-    splits, augmented = read_manifest(snakemake.input.splits, "splits"), read_manifest(snakemake.input.augmented, "augmented")
-    cbc = fusion.prepare(snakemake.input.sheet, sources, splits, augmented)
+    splits = read_manifest(snakemake.input.splits, "splits")
+    cbc = fusion.prepare(snakemake.input.sheet, sources, splits, read_manifest(snakemake.input.augmented, "augmented"))
 train_combo(
     snakemake.params.combo,
     train_records=list(snakemake.input.train),
