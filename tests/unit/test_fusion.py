@@ -23,6 +23,7 @@ SIZE = 32
 PATIENTS = {f"P{i}": ("train", i % 2, 8) for i in range(8)}
 PATIENTS.update({f"P{i}": ("val", i % 2, 6) for i in range(8, 12)})
 PATIENTS.update({"P12": ("test", 1, 4), "P13": ("test", 0, 4)})
+PATIENTS["P0"] = ("train", 0, 20)  # uneven cells: a per-cell mean would differ from the per-patient one
 
 
 def manifests():
@@ -90,7 +91,8 @@ def test_standardisation_uses_training_patients_once_each(tmp_path):
     assert stats.n_patients == 7 and stats.columns == ("wbc", "haemoglobin", "platelets")
     # val/test patients (500) and the extra patient (1e6) would move the mean
     assert stats.mean[2] == pytest.approx(np.mean(platelets)) and stats.std[2] == pytest.approx(np.std(platelets))
-    assert stats.mean[0] == pytest.approx(np.mean([5.0 + 10.0 * (i % 2) for i in range(7)]))
+    wbc = [5.0 + 10.0 * (i % 2) for i in range(7)]
+    assert stats.mean[0] == pytest.approx(np.mean(wbc))  # per cell (P0 20 times) it would be 8.5, not 9.3
     # per patient, not per cell: P1 has no haemoglobin; the others count once whatever their cells
     hb = [14.0 - 3.0 * (i % 2) + i // 2 % 3 * 0.1 for i in range(7) if i != 1]
     assert stats.mean[1] == pytest.approx(np.mean(hb))
