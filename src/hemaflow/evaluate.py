@@ -34,10 +34,21 @@ def prediction_frame(aug_ids, labels, proba) -> pd.DataFrame:
     return frame
 
 
-def predict(model, records: Iterable, *, channels: int, batch_size: int = 64) -> pd.DataFrame:
-    """Stream TFRecord shards through a Keras model; a single sigmoid output is P(class 1)."""
+def predict(model, records: Iterable, *, channels: int, batch_size: int = 64, cbc=None) -> pd.DataFrame:
+    """Stream TFRecord shards through a Keras model; a single sigmoid output is P(class 1).
+
+    A fused model (two inputs) needs `cbc`, a `hemaflow.fusion.CBCInputs`: each batch gets its
+    records' raw CBC values, looked up by aug_id exactly as in training.
+    """
     import tensorflow as tf
 
+    if (len(model.inputs) == 2) != (cbc is not None):
+        raise ValueError(
+            f"model {model.name} has {len(model.inputs)} input(s) but CBC values were "
+            f"{'given' if cbc is not None else 'not given'}: a fused (image+cbc) model needs "
+            "data.patient_sheet, an image-only model must not get it"
+        )
+    rows = cbc.lookup() if cbc is not None else None
     ds = (
         tf.data.TFRecordDataset([str(p) for p in records])
         .map(lambda r: parse_example(r, channels), num_parallel_calls=tf.data.AUTOTUNE)
@@ -47,7 +58,8 @@ def predict(model, records: Iterable, *, channels: int, batch_size: int = 64) ->
     )
     ids, labels, probs = [], [], []
     for images, label, aug_id in ds:
-        probs.append(np.asarray(model.predict_on_batch(images), dtype=np.float64))
+        x = images if rows is None else (images, rows(aug_id))
+        probs.append(np.asarray(model.predict_on_batch(x), dtype=np.float64))
         labels.append(label.numpy())
         ids.extend(a.decode() for a in aug_id.numpy())
     width = model.output_shape[-1]

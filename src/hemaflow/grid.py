@@ -10,10 +10,16 @@ import numpy as np
 
 KEYS = ("model", "optimizer", "lr", "lr_policy", "batch_size", "dropout")
 CASTS = {"model": str, "optimizer": str, "lr": float, "lr_policy": str, "batch_size": int, "dropout": float}
+# A combination of train.fusion trains again with the patient's blood count as a second input
+# (hemaflow.fusion): same params plus inputs=FUSED, id + FUSED_SUFFIX. Image-only combos have no
+# `inputs` key, so their ids and params are what they were before fusion existed.
+FUSED = "image+cbc"
+FUSED_SUFFIX = "_cbc"
 
 
 def combos(train_params: dict, seed: int) -> dict[str, dict]:
-    """combo id -> {model, optimizer, lr, lr_policy, batch_size, dropout}, in grid order.
+    """combo id -> {model, optimizer, lr, lr_policy, batch_size, dropout[, inputs]}, in grid order,
+    then the fused versions of the combinations train.fusion names (or of all, `fusion: all`).
 
     search: grid takes the full cartesian product of train.grid; search: random takes
     `trials` seeded draws without replacement from it (all of it when trials >= its size).
@@ -30,7 +36,33 @@ def combos(train_params: dict, seed: int) -> dict[str, dict]:
     elif search != "grid":
         raise ValueError(f"train.search must be 'grid' or 'random', got {search!r}")
     with_dropout = len(grid["dropout"]) > 1
-    return {combo_id(row, with_dropout): row for row in rows}
+    image = {combo_id(row, with_dropout): row for row in rows}
+    return {**image, **_fused(image, train_params.get("fusion") or [])}
+
+
+def is_fused(combo: dict) -> bool:
+    return combo.get("inputs", "image") == FUSED
+
+
+def check_patient_sheet(all_combos: dict, patient_sheet) -> None:
+    """Fused combinations need data.patient_sheet."""
+    fused = [cid for cid, combo in all_combos.items() if is_fused(combo)]
+    if fused and not patient_sheet:
+        raise ValueError(
+            f"train.fusion asks for {', '.join(fused)} (image + blood count) but data.patient_sheet is null; "
+            "name the patient sheet CSV in data.patient_sheet, or set train.fusion: []"
+        )
+
+
+def _fused(image: dict, fusion) -> dict:
+    picked = list(image) if fusion == "all" else list(fusion)
+    unknown = [cid for cid in picked if cid not in image]
+    if unknown:
+        raise ValueError(
+            f"train.fusion: {', '.join(unknown)} not a combination of train.grid; "
+            f"use 'all' or ids among: {', '.join(image)}"
+        )
+    return {cid + FUSED_SUFFIX: {**image[cid], "inputs": FUSED} for cid in picked}
 
 
 def combo_id(combo: dict, with_dropout: bool = False) -> str:

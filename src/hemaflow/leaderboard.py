@@ -9,7 +9,9 @@ import pandas as pd
 from hemaflow.evaluate import json_safe
 
 HEADLINE = ("accuracy", "balanced_accuracy", "auc", "f1", "macro_f1")
-PARAMS = ("model", "optimizer", "lr", "lr_policy", "batch_size", "dropout")
+PARAMS = ("model", "inputs", "optimizer", "lr", "lr_policy", "batch_size", "dropout")
+# Patient-level test figures: the honest comparison of image-only and fused (image+cbc) rows.
+PATIENT = ("accuracy", "balanced_accuracy", "auc")
 # leaderboard column <- key of train.json (as `train.train_combo` writes it; absent ones stay empty)
 TRAIN_INFO = {"epochs": "epochs_run", "best_epoch": "best_epoch", "wall_seconds": "wall_seconds"}
 # Whole numbers, empty for the classical baseline (nullable, so they never print as 64.0).
@@ -27,13 +29,14 @@ def build_leaderboard(entries: dict, rank_by: str) -> pd.DataFrame:
     rows = []
     for combo, (params, scores, info) in entries.items():
         row = {"combo": combo, **{k: params.get(k) for k in PARAMS}}
+        row["inputs"] = params.get("inputs", "image")  # image-only combos (and the SVM) have no key
         row.update({col: (info or {}).get(key) for col, key in TRAIN_INFO.items()})
         for split in ("val", "test"):
             row.update({f"{split}_{m}": scores.get(split, {}).get(m) for m in names})
         patient = scores.get("patient", {})
         if "threshold" in patient:  # absent when the patient level was skipped (see its note)
             row["patient_threshold"] = patient.get("threshold")
-            row["patient_test_accuracy"] = patient.get("test", {}).get("accuracy")
+            row.update({f"patient_test_{m}": patient.get("test", {}).get(m) for m in PATIENT})
         rows.append(row)
     board = pd.DataFrame(rows)
     key = f"val_{rank_by}"

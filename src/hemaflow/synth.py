@@ -15,7 +15,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 from PIL import Image
+
+from hemaflow.cbc import CBC_COLUMNS, PATIENT_FIELDS
 
 # Fraction of cells that look like the other class (seed 000: "healthy-appearing cells in
 # leukemic samples and abnormal cells in healthy samples").
@@ -142,6 +145,57 @@ def _draw_cells(rng, patient: Patient, n: int, size: int, grid):
         yield name, render_cell(rng, _blast_likeness(rng, patient.label), stain, size, grid)
 
 
+# Complete blood count by diagnosis: (median, spread) of a log-normal (sigma of the log) or a
+# normal (sd) draw. Leukaemia (all): white count up with a very wide spread (from leukopenic to
+# hyperleukocytosis), anaemia and thrombocytopenia, lymphocyte share up (an analyser counts
+# blasts as lymphocytes). Each value alone separates the groups only partly (per-value AUC
+# about 0.6-0.9; tests/unit/test_synth.py).
+CBC_DRAW = {
+    "hem": {"wbc": ("log", 7.0, 0.25), "rbc": ("normal", 4.8, 0.45), "haemoglobin": ("normal", 14.0, 1.4),
+            "platelets": ("normal", 260.0, 60.0), "lymphocytes": ("normal", 30.0, 8.0)},
+    "all": {"wbc": ("log", 11.0, 0.9), "rbc": ("normal", 4.1, 0.6), "haemoglobin": ("normal", 11.5, 2.3),
+            "platelets": ("log", 160.0, 0.6), "lymphocytes": ("normal", 42.0, 15.0)},
+}  # fmt: skip
+# Each value is missing with this probability; the whole differential with CBC_NO_DIFF.
+CBC_MISSING, CBC_NO_DIFF = 0.05, 0.1
+DIGITS = {"wbc": 1, "rbc": 2, "haemoglobin": 1, "haematocrit": 1, "platelets": 0}
+
+
+def cbc_sheet(rng, patients) -> pd.DataFrame:
+    """One row per (patient id, diagnosis): PATIENT_FIELDS, then CBC_COLUMNS (NaN = missing).
+
+    Name, age, sex and sample date are made up and independent of the diagnosis; haematocrit
+    follows haemoglobin (about 3x), the differential sums to 100 %.
+    """
+    rows = []
+    for pid, label in patients:
+        draw = CBC_DRAW[label]
+        v = {k: float(rng.lognormal(np.log(m), s) if kind == "log" else rng.normal(m, s))
+             for k, (kind, m, s) in draw.items()}
+        v["haematocrit"] = 2.95 * v["haemoglobin"] + rng.normal(0.0, 1.2)
+        lympho = float(np.clip(v.pop("lymphocytes"), 5.0, 90.0))
+        mono, eos, baso = rng.normal(6.0, 2.0), rng.gamma(2.0, 1.2), rng.gamma(2.0, 0.25)
+        rest = np.clip([mono, eos, baso], 0.0, None)
+        diff = {"lymphocytes": lympho, "monocytes": rest[0], "eosinophils": rest[1], "basophils": rest[2]}
+        diff["neutrophils"] = max(100.0 - sum(diff.values()), 1.0)
+        total = sum(diff.values())
+        values = {**v, **{k: 100.0 * x / total for k, x in diff.items()}}
+        values = {k: round(max(float(values[k]), 0.0), DIGITS.get(k, 1)) for k in CBC_COLUMNS}
+        missing = rng.random(len(CBC_COLUMNS)) < CBC_MISSING
+        if rng.random() < CBC_NO_DIFF:
+            missing |= np.isin(CBC_COLUMNS, ["neutrophils", "lymphocytes", "monocytes", "eosinophils", "basophils"])
+        values = {k: (np.nan if gone else values[k]) for k, gone in zip(CBC_COLUMNS, missing)}
+        fields = {
+            "patient_id": pid,
+            "name": f"Replica patient {pid}",
+            "age": int(rng.integers(2, 80)),
+            "sex": str(rng.choice(["F", "M"])),
+            "sample_date": str(np.datetime64("2019-01-01") + int(rng.integers(0, 365))),
+        }
+        rows.append({**fields, **values})
+    return pd.DataFrame(rows, columns=[*PATIENT_FIELDS, *CBC_COLUMNS])
+
+
 def _save(path: Path, rgb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rgb, "RGB").save(path, format="BMP")
@@ -156,8 +210,10 @@ def generate_cnmc_replica(
     holdout_patients: dict,
     cells_per_patient: tuple[int, int],
     image_size: int,
+    patient_sheet=None,
 ) -> None:
-    """Write the replica under `root` (built beside it, then renamed: no half-written replica)."""
+    """Write the replica under `root` (built beside it, then renamed: no half-written replica)
+    and, if `patient_sheet` is a path, the patients' blood counts there (`cbc_sheet`)."""
     root = Path(root)
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not empty; delete it or choose another data.root")
@@ -193,6 +249,14 @@ def generate_cnmc_replica(
         writer.writerow(["Patient_ID", "new_names", "labels"])
         writer.writerows(labels)
 
+    if patient_sheet is not None:
+        # its own child seed, spawned after the images': the images do not change with or without a sheet
+        sheet = cbc_sheet(np.random.default_rng(ss.spawn(1)[0]), [(p.pid, p.label) for p in patients])
+        sheet_path = Path(patient_sheet)
+        sheet_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = sheet_path.with_name(sheet_path.name + ".partial")
+        sheet.to_csv(partial, index=False, lineterminator="\n")
+        partial.replace(sheet_path)
     if root.exists():
         root.rmdir()
     root.parent.mkdir(parents=True, exist_ok=True)

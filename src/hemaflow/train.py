@@ -22,8 +22,7 @@ import pandas as pd
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
-from hemaflow.data import make_dataset
-from hemaflow.models import build_model
+from hemaflow import fusion
 from hemaflow.schedules import triangular
 
 HISTORY_COLUMNS = ["epoch", "loss", "val_loss", "accuracy", "val_accuracy", "auc", "val_auc", "lr"]
@@ -46,6 +45,7 @@ def train_combo(
     out_dir: str | os.PathLike,
     history_path: str | os.PathLike | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    cbc: fusion.CBCInputs | None = None,
 ) -> dict:
     """Fit combo {model, optimizer, lr, lr_policy, batch_size, dropout}; return what train.json holds.
 
@@ -53,6 +53,7 @@ def train_combo(
     goes to `history_path` (default out_dir/history.csv).
     wall_seconds covers this call only (the last leg of a resumed job).
     `callbacks` are appended after the pipeline's own (tests use them to interrupt a run).
+    With `cbc` (combo inputs "image+cbc") the model is the fused two-input one (hemaflow.fusion).
     """
     start = time.monotonic()
     out = Path(out_dir)
@@ -69,10 +70,11 @@ def train_combo(
     weights = _class_weights(class_weight, class_counts)
     n_train, n_val = _count(train_records), _count(val_records)
     batches = dict(channels=channels, n_classes=n_classes, batch_size=combo["batch_size"], seed=seed, size=size)
-    train_ds = _for_fit(make_dataset(train_records, shuffle=True, **batches), n_train, combo["batch_size"], n_classes)
-    val_ds = _for_fit(make_dataset(val_records, shuffle=False, **batches), n_val, combo["batch_size"], n_classes)
+    bs = combo["batch_size"]
+    train_ds = _for_fit(fusion.dataset(train_records, cbc, shuffle=True, **batches), n_train, bs, n_classes)
+    val_ds = _for_fit(fusion.dataset(val_records, cbc, shuffle=False, **batches), n_val, bs, n_classes)
 
-    model = build_model(combo["model"], (size, size, channels), n_classes, combo["dropout"])
+    model = fusion.build(combo["model"], (size, size, channels), n_classes, combo["dropout"], cbc)
     model.compile(
         optimizer=_optimizer(combo),
         loss="binary_crossentropy" if n_classes == 2 else "categorical_crossentropy",
@@ -106,6 +108,7 @@ def train_combo(
         "wall_seconds": round(time.monotonic() - start, 1),
         "n_train": n_train,
         "n_val": n_val,
+        **({"cbc": cbc.stats.to_dict()} if cbc is not None else {}),
     }
     _write_outputs(out, Path(history_path or out / "history.csv"), model, history, info)
     shutil.rmtree(resume, ignore_errors=True)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hemaflow.grid import combos, prune_stale
+from hemaflow.grid import check_patient_sheet, combos, is_fused, prune_stale
 
 GRID = {
     "model": ["model_1", "breen_cnn"],
@@ -84,7 +84,9 @@ def test_the_projects_params_yaml_gives_readable_ids():
     n = 1
     for values in train["grid"].values():
         n *= len(values)
-    assert len(out) == (n if train["search"] == "grid" else min(n, train["trials"]))
+    n = n if train["search"] == "grid" else min(n, train["trials"])
+    fused = train.get("fusion") or []
+    assert len(out) == n + (n if fused == "all" else len(fused))
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", cid) for cid in out)
 
 
@@ -101,3 +103,25 @@ def test_prune_stale_deletes_only_what_removed_combinations_left(tmp_path):
     assert gone == [models / "old", history / "kept_old.csv", history / "old.csv"]
     assert sorted(p.name for p in models.iterdir()) == ["grid.json", "kept"]
     assert sorted(p.name for p in history.iterdir()) == ["kept.csv", "old.json"]
+
+
+def test_fusion_adds_a_cbc_twin_and_leaves_image_ids_alone():
+    image = combos(params(), seed=1)
+    out = combos({**params(), "fusion": ["model_1_adam_lr1e-03_constant_bs64"]}, seed=1)
+    assert list(out)[: len(image)] == list(image) and all(out[cid] == image[cid] for cid in image)
+    assert list(out)[len(image):] == ["model_1_adam_lr1e-03_constant_bs64_cbc"]
+    twin = out["model_1_adam_lr1e-03_constant_bs64_cbc"]
+    assert twin == {**image["model_1_adam_lr1e-03_constant_bs64"], "inputs": "image+cbc"} and is_fused(twin)
+    assert not any(is_fused(c) for c in image.values())
+    every = combos({**params(), "fusion": "all"}, seed=1)
+    assert len(every) == 2 * len(image) and all(f"{cid}_cbc" in every for cid in image)
+
+
+def test_fusion_errors_name_the_key_and_the_fix():
+    with pytest.raises(ValueError, match=r"train.fusion: model_9_adam.* not a combination of train.grid"):
+        combos({**params(), "fusion": ["model_9_adam_lr1e-03_constant_bs64"]}, seed=1)
+    fused = combos({**params(), "fusion": "all"}, seed=1)
+    with pytest.raises(ValueError, match="data.patient_sheet is null"):
+        check_patient_sheet(fused, None)
+    check_patient_sheet(fused, "sheet.csv")
+    check_patient_sheet(combos(params(), seed=1), None)  # image-only grids need no sheet

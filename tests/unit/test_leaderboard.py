@@ -73,7 +73,7 @@ def test_headline_names_the_best_combo():
 def test_headline_without_patient_level_or_params():
     entries = {"svm_rbf": ({"model": "svm_rbf"}, scores(0.6, 0.6), None)}
     h = headline(build_leaderboard(entries, "balanced_accuracy"), "balanced_accuracy")
-    assert "patient" not in h and h["params"] == {"model": "svm_rbf"}
+    assert "patient" not in h and h["params"] == {"model": "svm_rbf", "inputs": "image"}
 
 
 def test_write_leaderboard(tmp_path):
@@ -91,3 +91,15 @@ def test_write_leaderboard(tmp_path):
     assert baseline[columns.index("batch_size")].strip() in ("", "<NA>")
     md = (tmp_path / "md" / "lb.md").read_text()
     assert md.startswith("|") and "m2_lr1e-3" in md and "0.8500" in md
+
+
+def test_inputs_column_and_patient_level_figures_set_image_and_fused_side_by_side():
+    fused = {**params("model_2", 1e-3), "inputs": "image+cbc"}
+    patient = scores(0.80, 0.8, patient=1.0)
+    patient["patient"]["test"].update(balanced_accuracy=1.0, auc=1.0)
+    board = build_leaderboard(dict(ENTRIES, **{"m2_lr1e-3_cbc": (fused, patient, None)}), "balanced_accuracy")
+    board = board.set_index("combo")
+    assert board.loc["m2_lr1e-3_cbc", "inputs"] == "image+cbc"
+    assert (board.drop(index="m2_lr1e-3_cbc")["inputs"] == "image").all()  # today's combos and the SVM
+    assert board.loc["m2_lr1e-3_cbc", "patient_test_balanced_accuracy"] == 1.0
+    assert board.loc["m2_lr1e-3_cbc", "patient_test_auc"] == 1.0

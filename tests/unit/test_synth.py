@@ -138,3 +138,45 @@ def test_refuses_to_write_into_a_non_empty_root(tmp_path, tiny):
     with pytest.raises(FileExistsError, match="data.root"):
         generate_cnmc_replica(tmp_path / "r", **tiny, image_size=48)
     assert (tmp_path / "r" / "keep.txt").exists()
+
+
+def test_cbc_sheet_depends_on_the_diagnosis_with_overlap():
+    from sklearn.metrics import roc_auc_score
+
+    from hemaflow.cbc import CBC_COLUMNS, PATIENT_FIELDS
+    from hemaflow.synth import cbc_sheet
+
+    patients = [(f"{i}" if i % 3 else f"H{i}", "all" if i % 3 else "hem") for i in range(600)]
+    sheet = cbc_sheet(np.random.default_rng(5), patients)
+    assert list(sheet.columns) == [*PATIENT_FIELDS, *CBC_COLUMNS] and list(sheet["patient_id"]) == [p for p, _ in patients]
+    y = np.array([label == "all" for _, label in patients])
+    auc = {}
+    for col in CBC_COLUMNS:
+        seen = sheet[col].notna().to_numpy()
+        assert 0.75 < seen.mean() < 0.99, col  # some values missing, most present
+        auc[col] = roc_auc_score(y[seen], sheet.loc[seen, col])
+    # leukaemia: higher WBC, lower haemoglobin and platelets, more lymphocytes; no value alone decides
+    assert auc["wbc"] > 0.6 and auc["lymphocytes"] > 0.6, auc
+    assert auc["haemoglobin"] < 0.4 and auc["platelets"] < 0.4 and auc["rbc"] < 0.4, auc
+    assert all(0.05 < a < 0.95 for a in auc.values()), auc
+    diff = sheet[["neutrophils", "lymphocytes", "monocytes", "eosinophils", "basophils"]].dropna()
+    np.testing.assert_allclose(diff.sum(axis=1), 100.0, atol=0.3)
+    assert sheet.equals(cbc_sheet(np.random.default_rng(5), patients))
+
+
+def test_replica_sheet_covers_its_patients_and_leaves_the_images_unchanged(tmp_path, tiny):
+    from hemaflow.adapters import list_candidates
+    from hemaflow.cbc import read_sheet
+
+    generate_cnmc_replica(tmp_path / "plain", **tiny, image_size=64)
+    generate_cnmc_replica(tmp_path / "with", **tiny, image_size=64, patient_sheet=tmp_path / "cbc.csv")
+    assert {p: (tmp_path / "plain" / p).read_bytes() for p in files(tmp_path / "plain")} == {
+        p: (tmp_path / "with" / p).read_bytes() for p in files(tmp_path / "with")
+    }
+    sheet = read_sheet(tmp_path / "cbc.csv")
+    candidates = list_candidates("cnmc", tmp_path / "with", dataset="replica")
+    labelled = candidates.dropna(subset=["patient_id"]).drop_duplicates("patient_id").set_index("patient_id")
+    assert set(labelled.index) <= set(sheet.index)  # every patient with cells has a row (ids spelled alike)
+    assert len(sheet) == len(labelled) + 2  # plus the unlabelled final-phase patients: rows without cells
+    raw = pd.read_csv(tmp_path / "cbc.csv", dtype=str)
+    assert raw.filter(["name", "age", "sex", "sample_date"]).notna().all().all()

@@ -12,7 +12,7 @@ sys.path.insert(0, str(SRC))
 
 from hemaflow.adapters import check_positive_class, known_classes
 from hemaflow.config import check_data_paths, validate_params
-from hemaflow.grid import combos
+from hemaflow.grid import check_patient_sheet, combos, is_fused
 from hemaflow.manifest import SPLITS
 from hemaflow.provenance import library_digest, put_first_on_pythonpath
 
@@ -36,6 +36,8 @@ config.update(validate_params(config, Path(workflow.basedir) / "workflow/schemas
 check_data_paths(config["data"], Path.cwd(), LAYERS)
 
 COMBOS = combos(config["train"], config["seed"])
+PATIENT_SHEET = config["data"].get("patient_sheet")
+check_patient_sheet(COMBOS, PATIENT_SHEET)
 BASELINE = "svm_rbf"
 MODEL_IDS = list(COMBOS) + ([BASELINE] if config["train"]["baseline_svm"] else [])
 
@@ -116,11 +118,23 @@ def augment_params(wildcards):
 def train_settings(wildcards):
     """The train keys a combination's job reads: the cyclic schedule only when its lr_policy is triangular.
     Sorted, since Snakemake compares params as text and a --configfile overlay reorders keys."""
-    skip = ("grid", "search", "trials", "baseline_svm")
+    skip = ("grid", "search", "trials", "baseline_svm", "fusion")
     settings = {k: v for k, v in sorted(config["train"].items()) if k not in skip}
     if COMBOS[wildcards.combo]["lr_policy"] != "triangular":
         settings["cyclic"] = None
     return settings
+
+
+def fused_inputs(*manifests):
+    """Input function: a fused (image+cbc) combination also reads the patient sheet and the
+    manifests named here (to join it to the records); image-only combinations read neither."""
+
+    def inputs(wildcards):
+        if not is_fused(COMBOS.get(wildcards.combo, {})):
+            return {}
+        return {"sheet": PATIENT_SHEET, **{Path(m).stem: m for m in manifests}}
+
+    return inputs
 
 
 def channels():

@@ -2,7 +2,9 @@ if config["data"]["adapter"] == "synthetic":
 
     rule synthesize:
         output:
-            directory(config["data"]["root"]),
+            root=directory(config["data"]["root"]),
+            # the replica's patient sheet (blood counts), when data.patient_sheet names one
+            **({"sheet": PATIENT_SHEET} if PATIENT_SHEET else {}),
         log:
             "results/logs/synthesize.log",
         params:

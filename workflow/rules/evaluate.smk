@@ -19,6 +19,7 @@ rule check_classes:
 
 rule evaluate:
     input:
+        unpack(fused_inputs()),
         model=lambda w: model_file(w.combo),
         records=[r for split in SPLITS for r in shard_records(split)],
         augmented=AUGMENTED,

@@ -1,5 +1,6 @@
 rule train:
     input:
+        unpack(fused_inputs(SOURCES, SPLITS_TABLE, AUGMENTED)),
         train=shard_records("train"),
         val=shard_records("val"),
         manifests=shard_manifests("train"),

@@ -14,6 +14,7 @@ from hemaflow.manifest import read_classes, read_manifest
 
 records = list(snakemake.input.records)
 sources = read_manifest(snakemake.input.sources, "sources")
+augmented = pd.read_parquet(snakemake.input.augmented)
 classes = read_classes(snakemake.input.classes)
 with open(snakemake.input.positive) as f:
     positive_class = json.load(f)["positive_class"]  # checked against the classes by rule check_classes
@@ -24,13 +25,17 @@ if snakemake.params.baseline:
         load_svm(snakemake.input.model), records, channels=snakemake.params.channels, n_classes=len(classes)
     )
 else:
-    import keras
+    from hemaflow import fusion
 
-    pred = predict(keras.models.load_model(snakemake.input.model), records, channels=snakemake.params.channels)
+    model = fusion.load_model(snakemake.input.model)
+    cbc = None
+    if fusion.is_fused(model):
+        cbc = fusion.for_model(model, snakemake.input.sheet, sources, augmented)
+    pred = predict(model, records, channels=snakemake.params.channels, cbc=cbc)
 
 evaluate_predictions(
     pred,
-    pd.read_parquet(snakemake.input.augmented),
+    augmented,
     sources,
     class_names=classes,
     positive_class=positive_class,

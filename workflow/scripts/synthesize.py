@@ -8,11 +8,12 @@ from hemaflow.synth import generate_cnmc_replica
 
 s = snakemake.params.synthetic
 generate_cnmc_replica(
-    snakemake.output[0],
+    snakemake.output.root,
     seed=snakemake.params.seed,
     folds=s["folds"],
     patients_per_fold=s["patients_per_fold"],
     holdout_patients=s["holdout_patients"],
     cells_per_patient=tuple(s["cells_per_patient"]),
     image_size=s["image_size"],
+    patient_sheet=snakemake.output.get("sheet"),
 )

@@ -7,7 +7,9 @@ to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
 import pandas as pd
 import tensorflow as tf
 
-from hemaflow.manifest import read_classes
+from hemaflow import fusion
+from hemaflow.grid import is_fused
+from hemaflow.manifest import read_classes, read_manifest
 from hemaflow.train import train_combo
 
 tf.config.threading.set_intra_op_parallelism_threads(snakemake.threads)
@@ -15,6 +17,11 @@ tf.config.threading.set_inter_op_parallelism_threads(snakemake.threads)
 
 train_rows = pd.concat([pd.read_parquet(p, columns=["label_index"]) for p in snakemake.input.manifests])
 s = snakemake.params.settings
+cbc = None
+if is_fused(snakemake.params.combo):
+    sources = read_manifest(snakemake.input.sources, "sources")
+    splits = read_manifest(snakemake.input.splits, "splits")
+    cbc = fusion.prepare(snakemake.input.sheet, sources, splits, read_manifest(snakemake.input.augmented, "augmented"))
 train_combo(
     snakemake.params.combo,
     train_records=list(snakemake.input.train),
@@ -30,4 +37,5 @@ train_combo(
     seed=snakemake.params.seed,
     out_dir=snakemake.output.model.rsplit("/", 1)[0],
     history_path=snakemake.output.history,
+    cbc=cbc,
 )
