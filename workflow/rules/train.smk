@@ -14,6 +14,7 @@ rule train:
             labels={"model": "{combo}", "figure": "training curves"},
         ),
         info="results/models/{combo}/train.json",
+        params="results/models/{combo}/preprocess.json",
     log:
         "results/logs/train/{combo}.log",
     benchmark:
@@ -24,6 +25,8 @@ rule train:
         settings={k: v for k, v in config["train"].items() if k not in ("grid", "search", "trials", "baseline_svm")},
         size=config["preprocess"]["size"],
         channels=channels(),
+        preprocess=config["preprocess"],
+        positive_class=config["data"].get("positive_class", "all"),
         seed=config["seed"],
     threads: 1
     resources:

@@ -8,6 +8,7 @@ import pandas as pd
 import tensorflow as tf
 
 from hemaflow.manifest import read_manifest
+from hemaflow.model_params import class_names, record
 from hemaflow.train import train_combo
 
 tf.config.threading.set_intra_op_parallelism_threads(snakemake.threads)
@@ -16,6 +17,10 @@ tf.config.threading.set_inter_op_parallelism_threads(snakemake.threads)
 sources = read_manifest(snakemake.input.sources, "sources")
 train_rows = pd.concat([pd.read_parquet(p, columns=["label_index"]) for p in snakemake.input.manifests])
 s = snakemake.params.settings
+classes = class_names(sources)
+# First, so that model.keras (written last by train_combo) never exists without it.
+record(snakemake.output.params, preprocess=snakemake.params.preprocess, channels=snakemake.params.channels,
+       classes=classes, positive_class=snakemake.params.positive_class)
 train_combo(
     snakemake.params.combo,
     train_records=list(snakemake.input.train),
