@@ -169,12 +169,14 @@ def predict_files(
     batch_size: int = 64,
     max_pixels: int = 40_000_000,
     keep_inputs: bool = False,
+    progress: bool = True,
     say: Callable[[str], None] = tqdm.write,
 ) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
     """One row per file: file, status, reason, p_<class>, predicted_label; bad files are
     quarantined (one line each through `say`) and never stop the others.
 
-    Returns the table and, with keep_inputs, {row: model input} for the report.
+    Returns the table and, with keep_inputs, {row: model input} for the report; `progress`
+    shows a tqdm bar.
     """
     classes = model.classes
     rows: list[dict] = []
@@ -187,7 +189,7 @@ def predict_files(
             proba[[i for i, _ in batch]] = probabilities(model.keras_model, np.stack([x for _, x in batch]))
             batch.clear()
 
-    for i, f in enumerate(tqdm(files, desc="predict", unit="image")):
+    for i, f in enumerate(tqdm(files, desc="predict", unit="image", disable=not progress)):
         row = {"file": str(f), "status": "ok", "reason": None, "detail": None}
         try:
             x = model_input(load_rgb(f, max_pixels)[0], model.params)

@@ -1,0 +1,46 @@
+# `snakemake --cores all predict`: classify the images of predict.input with predict.model,
+# write results/predict/{predict.name}/ (tables, summary, one HTML report per patient).
+# Not part of `all`. The images are a parameter, not a tracked input: after changing files
+# inside predict.input, rerun with --forcerun predict.
+PREDICT_DIR = f"results/predict/{config['predict']['name']}"
+
+
+def predict_model_inputs():
+    """What the chosen model needs built: `best` the leaderboard, a combination its model,
+    preprocess.json and evaluation (for the patient threshold); a path nothing."""
+    model = config["predict"]["model"]
+    if model == "best":
+        return ["results/reports/metrics.json"]
+    if model in COMBOS:
+        return [model_file(model), f"results/models/{model}/preprocess.json", f"results/evaluation/{model}/metrics.json"]
+    return []
+
+
+rule predict:
+    input:
+        model=predict_model_inputs(),
+        patients=config["predict"]["patients"] or [],
+    output:
+        predictions=f"{PREDICT_DIR}/predictions.parquet",
+        csv=f"{PREDICT_DIR}/predictions.csv",
+        patients=f"{PREDICT_DIR}/patients.csv",
+        summary=f"{PREDICT_DIR}/summary.json",
+        reports=directory(f"{PREDICT_DIR}/reports"),
+    log:
+        f"results/logs/predict/{config['predict']['name']}.log",
+    benchmark:
+        f"results/benchmarks/predict/{config['predict']['name']}.tsv"
+    params:
+        library_code=library_code("predict.py"),
+        images=config["predict"]["input"],
+        model=config["predict"]["model"],
+        patient_regex=config["predict"].get("patient_regex"),
+        cells=config["predict"].get("cells"),
+        improve=config["predict"].get("improve", False),
+        batch_size=config["predict"].get("batch_size", 64),
+        max_pixels=config["data"].get("max_pixels", 40_000_000),
+    threads: 1
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/predict.py"
