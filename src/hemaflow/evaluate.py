@@ -45,17 +45,14 @@ def predict(model, records: Iterable, *, channels: int, batch_size: int = 64) ->
     )
     ids, labels, probs = [], [], []
     for images, label, aug_id in ds:
-        probs.append(np.asarray(model.predict_on_batch(images)))
+        probs.append(np.asarray(model.predict_on_batch(images), dtype=np.float64))
         labels.append(label.numpy())
         ids.extend(a.decode() for a in aug_id.numpy())
-    proba = class_probabilities(np.concatenate(probs) if probs else np.zeros((0, model.output_shape[-1])))
+    width = model.output_shape[-1]
+    proba = np.concatenate(probs) if probs else np.zeros((0, width))
+    if width == 1:
+        proba = np.column_stack([1.0 - proba[:, 0], proba[:, 0]])
     return prediction_frame(ids, np.concatenate(labels) if labels else [], proba)
-
-
-def class_probabilities(outputs) -> np.ndarray:
-    """Model outputs -> (N, n_classes) float64; a single sigmoid output is P(class 1)."""
-    raw = np.asarray(outputs, dtype=np.float64)
-    return np.column_stack([1.0 - raw[:, 0], raw[:, 0]]) if raw.shape[1] == 1 else raw
 
 
 def predict_baseline(pipe, records: Iterable, *, channels: int, n_classes: int | None = None) -> pd.DataFrame:

@@ -26,7 +26,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from hemaflow import model_params
-from hemaflow.evaluate import class_probabilities, json_safe
+from hemaflow.evaluate import json_safe
+from hemaflow.explain import class_scores
 from hemaflow.images import REASONS, ImageRejected, load_rgb
 from hemaflow.preprocess import render_all, variants
 
@@ -156,10 +157,10 @@ def model_input(rgb: np.ndarray, params: dict) -> np.ndarray:
 
 
 def probabilities(keras_model, images: np.ndarray) -> np.ndarray:
-    """(N, n_classes) float64 from uint8 model inputs; a single sigmoid output is P(class 1)."""
+    """(N, n_classes) float64 from uint8 model inputs (converted as the training input is)."""
     from hemaflow.records import to_unit
 
-    return class_probabilities(keras_model.predict_on_batch(to_unit(images)))
+    return class_scores(keras_model, np.asarray(to_unit(images)))
 
 
 def predict_files(

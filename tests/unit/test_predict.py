@@ -37,10 +37,10 @@ def project(replica, tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     model_dir = root / "results/models/tiny"
     keras.utils.set_random_seed(3)
-    model = build_model("breen_cnn", (32, 32, 4), 2, 0.0)
+    model = build_model("model_1", (32, 32, 4), 2, 0.0)
     model_dir.mkdir(parents=True)
     model.save(model_dir / "model.keras")
-    (model_dir / "train.json").write_text(json.dumps({"model": "breen_cnn", "lr": 0.001}))
+    (model_dir / "train.json").write_text(json.dumps({"model": "model_1", "lr": 0.001}))
     model_params.record(model_dir / "preprocess.json", preprocess=PREPROCESS, channels=4, classes=["hem", "all"],
                         positive_class="all")
     evaluation = root / "results/evaluation/tiny"
@@ -208,3 +208,61 @@ def test_help_through_the_console_script():
         for option in ("--model", "--out", "--patients", "--patient-regex", "--improve", "--batch-size"):
             assert option in out.stdout, option
         assert "not a diagnosis" in out.stdout and "Display only" in out.stdout
+
+
+def _decode(uri: str) -> np.ndarray:
+    import base64
+
+    import cv2
+
+    assert uri.startswith("data:image/png;base64,")
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(base64.b64decode(uri.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR),
+                        cv2.COLOR_BGR2RGB)
+
+
+def test_report_has_fields_provenance_decision_gallery_and_explains_the_predicted_class(project, tmp_path):
+    import re
+
+    import cv2
+
+    from hemaflow.explain import gradcam, overlay
+    from hemaflow.report import DISCLAIMER, DISPLAY_SIDE
+
+    root, files, _ = project
+    pid = P.cell_patients(files[:1])[0]
+    sheet = tmp_path / "patients.csv"
+    pd.DataFrame({"patient_id": [pid], "name": ["Ada Example"], "age": [51], "sex": ["F"],
+                  "sample_date": ["2026-11-30"], "haemoglobin": [13.2]}).to_csv(sheet, index=False)
+    mine = [f for f in files if P.cell_patients([f])[0] == pid]
+    (tmp_path / "empty.bmp").write_bytes(b"")
+    cells = tmp_path / "cells.csv"
+    pd.DataFrame({"file": ["empty.bmp"], "patient_id": [pid]}).to_csv(cells, index=False)
+    summary = P.run([*mine, tmp_path / "empty.bmp"], model="tiny", project=root, out_dir=tmp_path / "out",
+                    patients=sheet, cells=cells, improve=True, say=lambda _: None)
+    page = (tmp_path / "out/reports" / summary["reports"][pid]).read_text()
+    model = P.load_model("tiny", root)
+    for text in ("Ada Example", "haemoglobin", "13.2", "2026-11-30", model.params_hash, "tiny", "0.5",
+                 "metrics.json", DISCLAIMER[:40], "empty.bmp", "display only"):
+        assert text in page, text
+    assert "@media print" in page
+    # self-contained: every src is inline, no link/script elements, no url() outside data:
+    assert re.findall(r'src="([^"]*)"', page) and all(s.startswith("data:") for s in re.findall(r'src="([^"]*)"', page))
+    assert "<link" not in page and "<script" not in page and "url(" not in page
+    figures = re.findall(r'<figure class="cell".*?</figure>', page, flags=re.S)
+    assert len(figures) == len(mine)
+    table = pd.read_parquet(tmp_path / "out/predictions.parquet").set_index("file")
+    differs = 0
+    for fig in figures:
+        name = re.search(r'data-file="([^"]+)"', fig)[1]
+        (f,) = [f for f in mine if f.name == name]
+        originals, improved, cam = (_decode(u) for u in re.findall(r'src="([^"]+)"', fig))
+        assert improved.shape == originals.shape and not np.array_equal(improved, originals)
+        x = P.model_input(P.load_rgb(f)[0], model.params)
+        c = model.classes.index(table.loc[str(f), "predicted_label"])
+        unit = x[None].astype(np.float32) / 255
+        expected = [cv2.resize(overlay(x, gradcam(model.keras_model, unit, [k])[0]), cam.shape[:2][::-1],
+                               interpolation=cv2.INTER_NEAREST) for k in (c, 1 - c)]
+        np.testing.assert_array_equal(cam, expected[0])  # the predicted class's Grad-CAM
+        differs += not np.array_equal(expected[0], expected[1])
+        assert cam.shape[0] == DISPLAY_SIDE // 2
+    assert differs  # so the check above could tell the two classes apart

@@ -2,20 +2,6 @@
 # write results/predict/{predict.name}/ (tables, summary, one HTML report per patient).
 # Not part of `all`. The images are a parameter, not a tracked input: after changing files
 # inside predict.input, rerun with --forcerun predict.
-PREDICT_DIR = f"results/predict/{config['predict']['name']}"
-
-
-def predict_model_inputs():
-    """What the chosen model needs built: `best` the leaderboard, a combination its model,
-    preprocess.json and evaluation (for the patient threshold); a path nothing."""
-    model = config["predict"]["model"]
-    if model == "best":
-        return ["results/reports/metrics.json"]
-    if model in COMBOS:
-        return [model_file(model), f"results/models/{model}/preprocess.json", f"results/evaluation/{model}/metrics.json"]
-    return []
-
-
 rule predict:
     input:
         model=predict_model_inputs(),
