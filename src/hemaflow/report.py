@@ -128,7 +128,7 @@ def patient_page(
             images.append(("original", source))
             if improve:
                 images.append(("improved (display only)" if model.params["preprocess"]["filter"] == "none"
-                               else "improved (as the model saw it)", median_sharpen(source)))
+                               else "improved (the model's input has this filter too)", median_sharpen(source)))
         side = DISPLAY_SIDE // 2 if improve else DISPLAY_SIDE
         images.append(("Grad-CAM of the predicted class", cv2.resize(over, (side, side), interpolation=cv2.INTER_NEAREST)))
         imgs = "".join(f'<img alt="{esc(t)}" title="{esc(t)}" src="{data_uri(im)}">' for t, im in images)

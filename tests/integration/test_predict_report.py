@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -80,3 +81,21 @@ def test_each_patient_report_renders_offline_with_fields_and_gallery(chromium, p
         assert all(s.startswith("data:") for s in re.findall(r'\bsrc="([^"]*)"', dom))
         assert page_requests(page) == []
         assert not is_blank(screenshot(page, tmp_path / f"{pid}.png"))
+
+
+def test_snakemake_predict_target_writes_the_same_predictions(pipeline, predicted, tool_env, tmp_path):
+    """The pipeline target (params.yaml `predict`: the holdout folder, the best model) on a copy of the run."""
+    import shutil
+
+    from harness import planned_jobs, snakemake
+
+    _, _, _, out, _ = predicted
+    work = shutil.copytree(pipeline, tmp_path / "work", symlinks=True)
+    snakemake(work, tool_env, "predict")
+    target = work / "results/predict/replica-holdout"
+    ours = pd.read_parquet(target / "predictions.parquet")
+    cli = pd.read_parquet(out / "predictions.parquet")
+    assert list(ours["file"]) == [str(Path(f).relative_to(pipeline)) for f in cli["file"]]  # params.yaml's relative path
+    np.testing.assert_array_equal(ours[["p_hem", "p_all"]].to_numpy(), cli[["p_hem", "p_all"]].to_numpy())
+    assert sorted(p.name for p in (target / "reports").glob("*.html")) == sorted(p.name for p in (out / "reports").glob("*.html"))
+    assert planned_jobs(work, tool_env, "predict") == {}
