@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 run: setup
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
 
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -ra --durations=15 tests

@@ -21,6 +21,8 @@ include: "workflow/rules/predict.smk"
 
 localrules:
     all,
+    replica,
+    grid,
     prepare,
     models,
     evaluation,
@@ -34,6 +36,12 @@ rule all:
 
 
 # One target per DVC stage (dvc.yaml): `snakemake prepare` builds the data half only.
+# Fixed names, so no dvc.yaml command carries a parameter into a shell.
+rule replica:
+    input:
+        config["data"]["root"],
+
+
 rule prepare:
     input:
         prepared_data(),

@@ -2,7 +2,8 @@
 features of the cell (scikit-image) into an RBF SVM (scikit-learn).
 
 `evaluate.predict_baseline` turns its probabilities into the prediction table every model
-gives, so it is scored and ranked like any model.
+gives, so it is scored and ranked like any model. The fitted pipeline is stored with skops,
+which rebuilds objects from an allow-list instead of running pickle code on load.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import skops.io as sio
 from skimage import color, feature, filters, measure
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.model_selection import StratifiedKFold
@@ -122,3 +124,32 @@ def predict_svm(pipe: Pipeline, X: np.ndarray, n_classes: int | None = None) -> 
     if len(X):
         proba[:, pipe.classes_] = pipe.predict_proba(X)
     return proba
+
+
+# Types of the fitted pipeline that skops does not trust by default: the calibration wrappers
+# and the folds object `fit_svm` builds. Anything else in a model file is refused on load.
+TRUSTED_TYPES = frozenset(
+    {
+        "sklearn.calibration._CalibratedClassifier",
+        "sklearn.calibration._SigmoidCalibration",
+        "sklearn.model_selection._split.StratifiedKFold",
+    }
+)
+
+
+def save_svm(pipe: Pipeline, path) -> None:
+    """Write the fitted pipeline as a skops file (no pickle: loading runs no stored code)."""
+    sio.dump(pipe, path)
+
+
+def load_svm(path) -> Pipeline:
+    """Load a `save_svm` file, trusting only the types `fit_svm` produces; refuse any other."""
+    untrusted = set(sio.get_untrusted_types(file=path))
+    unknown = sorted(untrusted - TRUSTED_TYPES)
+    if unknown:
+        raise ValueError(
+            f"{path}: the model file holds types hemaflow does not trust: {unknown}. "
+            "It was not written by hemaflow's train_baseline (or by another scikit-learn version); "
+            "do not load it, rebuild it with `snakemake models`"
+        )
+    return sio.load(path, trusted=sorted(untrusted))

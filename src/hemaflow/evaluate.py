@@ -9,6 +9,7 @@ tables go through the same code.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from hemaflow import metrics, plots
+from hemaflow.manifest import SPLITS
 from hemaflow.records import parse_example, to_unit
 
-SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
 
 
 def prediction_frame(aug_ids, labels, proba) -> pd.DataFrame:
@@ -112,6 +114,40 @@ def patient_table(images: pd.DataFrame, positive: int) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
+def patient_level(images: pd.DataFrame, class_names, positive: int) -> tuple[pd.DataFrame, float | None, dict]:
+    """(patients table, threshold, metrics.json's `patient` section) for one combo's images.
+
+    Binary tasks with patient ids only, and only when the validation patients have both
+    diagnoses (the threshold is chosen there); otherwise `patient` is {"skipped": why}, logged,
+    and the cell metrics stand alone. The patients table is always written (the workflow's output).
+    """
+    names = list(class_names)
+    binary = len(names) == 2
+    patients = patient_table(images if binary else images.iloc[:0], positive).assign(predicted=pd.NA)
+    val = patients[patients["split"] == "val"]
+    skipped = None
+    if not binary:
+        skipped = f"{len(names)} classes: the patient-level diagnosis is computed for binary tasks only"
+    elif patients.empty:
+        skipped = "no patient ids: patient-level diagnosis not computed (the data set names no patients)"
+    elif val["label"].nunique() < 2:
+        have = sorted({names[positive] if v else names[1 - positive] for v in val["label"]})
+        skipped = (
+            f"the validation split has patients of one diagnosis only ({have or 'none'}), so no "
+            "patient-level threshold can be chosen: patient level skipped, cell metrics reported "
+            "(put patients of both diagnoses in validation via split.val_fold or split.ratios)"
+        )
+    if skipped:
+        log.warning("%s", skipped)
+        return patients, None, {"skipped": skipped}
+    threshold = metrics.choose_threshold(val)
+    patients["predicted"] = (patients["frac_positive"] >= threshold).astype(int)
+    section = {"threshold": threshold, "threshold_chosen_on": "val", "positive_class": names[positive]}
+    for split, g in patients.groupby("split", sort=False):
+        section[split] = metrics.patient_metrics(g, threshold)
+    return patients, threshold, section
+
+
 def evaluate_predictions(
     pred: pd.DataFrame,
     augmented: pd.DataFrame,
@@ -161,18 +197,9 @@ def evaluate_predictions(
         roc.to_csv(table("roc", split), index=False)
         plots.roc_curves(roc, out / f"roc_{split}.png", title=f"{split} ROC curve")
 
-    # patient level for binary tasks with patient ids; the (then empty) files are always
-    # written so the workflow's outputs exist for multi-class tasks too
-    patients = patient_table(images if binary else images.iloc[:0], positive).assign(predicted=0)
-    threshold = None
-    if len(patients):
-        threshold = metrics.choose_threshold(patients[patients["split"] == "val"])
-        patients["predicted"] = (patients["frac_positive"] >= threshold).astype(int)
-        result["patient"] = {"threshold": threshold, "threshold_chosen_on": "val", "positive_class": positive_class}
-        for split, g in patients.groupby("split", sort=False):
-            result["patient"][split] = metrics.patient_metrics(g, threshold)
+    patients, threshold, result["patient"] = patient_level(images, names, positive)
     patients.to_csv(out / "patients.csv", index=False)
-    plots.patient_diagnosis(patients, threshold, out / "patients.png")
+    plots.patient_diagnosis(patients, threshold, out / "patients.png", note=result["patient"].get("skipped"))
 
     (out / "metrics.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
     return result

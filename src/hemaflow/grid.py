@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+from pathlib import Path
 
 import numpy as np
 
@@ -16,11 +18,11 @@ def combos(train_params: dict, seed: int) -> dict[str, dict]:
     search: grid takes the full cartesian product of train.grid; search: random takes
     `trials` seeded draws without replacement from it (all of it when trials >= its size).
     """
-    grid = _checked_grid(train_params.get("grid") or {})
+    grid = _checked_grid(train_params["grid"])
     rows = [dict(zip(KEYS, values)) for values in itertools.product(*(grid[k] for k in KEYS))]
-    search = train_params.get("search", "grid")
+    search = train_params["search"]
     if search == "random":
-        trials = int(train_params.get("trials", len(rows)))
+        trials = int(train_params["trials"])
         if trials < 1:
             raise ValueError(f"train.trials must be at least 1, got {trials}")
         picked = np.random.default_rng(seed).choice(len(rows), size=min(trials, len(rows)), replace=False)
@@ -67,3 +69,28 @@ def _checked_grid(grid: dict) -> dict[str, list]:
                 raise ValueError(f"train.grid.{key}: {v!r} must be letters, digits, '_' or '-' (it becomes a path)")
         out[key] = values
     return out
+
+
+def prune_stale(places: dict, keep) -> list[Path]:
+    """Delete what combinations no longer in the grid left: in each directory of `places`, the
+    sub-directories (suffix "") or the `<id><suffix>` files whose id is not in `keep`.
+
+    DVC keeps `persist: true` outputs between runs and Snakemake never deletes files it did not
+    plan, so without this a removed combination would stay in `dvc plots show` and in
+    results/. Returns the deleted paths, sorted.
+    """
+    keep = set(keep)
+    gone = []
+    for directory, suffix in places.items():
+        root = Path(directory)
+        if not root.is_dir():
+            continue
+        for entry in root.iterdir():
+            if suffix == "":
+                stale = entry.is_dir() and not entry.is_symlink() and entry.name not in keep
+            else:
+                stale = entry.is_file() and entry.name.endswith(suffix) and entry.name[: -len(suffix)] not in keep
+            if stale:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                gone.append(entry)
+    return sorted(gone)

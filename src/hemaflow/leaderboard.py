@@ -31,7 +31,7 @@ def build_leaderboard(entries: dict, rank_by: str) -> pd.DataFrame:
         for split in ("val", "test"):
             row.update({f"{split}_{m}": scores.get(split, {}).get(m) for m in names})
         patient = scores.get("patient", {})
-        if patient:
+        if "threshold" in patient:  # absent when the patient level was skipped (see its note)
             row["patient_threshold"] = patient.get("threshold")
             row["patient_test_accuracy"] = patient.get("test", {}).get("accuracy")
         rows.append(row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def to_log(path: str) -> None:
@@ -24,3 +25,5 @@ def to_log(path: str) -> None:
         force=True,
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    # which library the job runs: the checkout's src/hemaflow (see provenance.put_first_on_pythonpath)
+    logging.getLogger(__name__).info("hemaflow library: %s", Path(__file__).resolve().parent)

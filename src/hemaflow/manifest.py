@@ -13,6 +13,9 @@ def _f(name: str, type_: pa.DataType, nullable: bool = False) -> pa.Field:
     return pa.field(name, type_, nullable=nullable)
 
 
+# The split names, in pipeline order: the `split` column of the splits and augmented manifests.
+SPLITS = ("train", "val", "test")
+
 S = pa.string()
 SCHEMAS: dict[str, pa.Schema] = {
     "sources": pa.schema([

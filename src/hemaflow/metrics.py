@@ -191,6 +191,10 @@ def patient_metrics(patients: pd.DataFrame, threshold: float) -> dict:
     sens = float(predicted[pos].mean()) if pos.any() else float("nan")
     spec = float(1 - predicted[neg].mean()) if neg.any() else float("nan")
     both = pos.any() and neg.any()
+    notes = [] if both else [
+        f"{'no patients' if not len(label) else 'patients of one diagnosis only'}: "
+        "AUC and balanced accuracy undefined"
+    ]
     return {
         "n_patients": int(len(label)),
         "n_positive": int(pos.sum()),
@@ -199,4 +203,5 @@ def patient_metrics(patients: pd.DataFrame, threshold: float) -> dict:
         "specificity": spec,
         "balanced_accuracy": (sens + spec) / 2 if both else float("nan"),
         "auc": float(skm.roc_auc_score(label, frac)) if both else float("nan"),
+        "notes": notes,
     }

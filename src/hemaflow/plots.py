@@ -1,8 +1,10 @@
-"""Every matplotlib figure of the pipeline: each function takes tables and writes one PNG."""
+"""Every matplotlib figure of the pipeline: each function takes tables, writes one PNG and returns
+the (closed) Figure, so tests and notebooks can check what was drawn."""
 
 from __future__ import annotations
 
 import os
+import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,6 +15,7 @@ matplotlib.use("Agg")  # headless: cluster nodes and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
@@ -29,7 +32,7 @@ def _figure(out_png: str | os.PathLike, **kwargs):
         plt.close(fig)
 
 
-def training_curves(history: pd.DataFrame, best_epoch: int, out_png) -> None:
+def training_curves(history: pd.DataFrame, best_epoch: int, out_png) -> Figure:
     """Loss (log axis) and accuracy, train and val, vs epoch; the best epoch dashed (seed 000)."""
     with _figure(out_png, nrows=2, ncols=1, sharex=True, figsize=(7, 7)) as (fig, (ax1, ax2)):
         ax1.plot(history["epoch"], history["loss"], label="train")
@@ -45,9 +48,10 @@ def training_curves(history: pd.DataFrame, best_epoch: int, out_png) -> None:
             ax.axvline(best_epoch, color="black", linestyle="--", label=f"best epoch {best_epoch}")
             ax.legend(loc="best")
         ax1.set_title("training curves")
+    return fig
 
 
-def confusion_matrix(table: pd.DataFrame, out_png, title: str = "confusion matrix") -> None:
+def confusion_matrix(table: pd.DataFrame, out_png, title: str = "confusion matrix") -> Figure:
     """Heatmap of a long confusion table (actual, predicted, count), classes in table order."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
@@ -58,9 +62,10 @@ def confusion_matrix(table: pd.DataFrame, out_png, title: str = "confusion matri
         ConfusionMatrixDisplay(cm.to_numpy(), display_labels=names).plot(ax=ax, colorbar=False)
         acc = cm.to_numpy().trace() / max(cm.to_numpy().sum(), 1)
         ax.set_title(f"{title} (acc = {acc:.2%})")
+    return fig
 
 
-def roc_curves(roc: pd.DataFrame, out_png, title: str = "ROC curve") -> None:
+def roc_curves(roc: pd.DataFrame, out_png, title: str = "ROC curve") -> Figure:
     """ROC curve per class from a table (class, fpr, tpr, ...) with the chance diagonal."""
     from sklearn.metrics import auc
 
@@ -71,15 +76,25 @@ def roc_curves(roc: pd.DataFrame, out_png, title: str = "ROC curve") -> None:
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="false positive rate", ylabel="true positive rate", title=title)
         if len(roc):
             ax.legend(loc="lower right")
+    return fig
 
 
-def patient_diagnosis(patients: pd.DataFrame, threshold: float | None, out_png) -> None:
+def patient_diagnosis(patients: pd.DataFrame, threshold: float | None, out_png, note: str | None = None) -> Figure:
     """Fraction of cells predicted positive per patient, by split and diagnosis; the threshold line.
 
-    With no patients (multi-class task, no patient ids) the figure says so.
+    `note` says why there is no patient level (no patient ids, multi-class, one diagnosis in
+    validation): without patients the figure is that sentence alone; with patients but no
+    threshold it is the scatter with the note under the title.
     """
     splits = list(dict.fromkeys(patients["split"]))
-    with _figure(out_png, figsize=(1.5 + 1.8 * len(splits), 4.5)) as (fig, ax):
+    title = "patient-level diagnosis" + (f"\n{textwrap.fill(note, 70)}" if note else "")
+    if patients.empty:
+        with _figure(out_png, figsize=(6.5, 2.5)) as (fig, ax):
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, textwrap.fill(note or "no patients", 60), ha="center", va="center", transform=ax.transAxes)
+            ax.set_title("patient-level diagnosis")
+        return fig
+    with _figure(out_png, figsize=(max(6.5, 1.5 + 1.8 * len(splits)), 4.5 + (0.5 if note else 0))) as (fig, ax):
         for label, marker, colour in ((0, "o", "tab:blue"), (1, "^", "tab:red")):
             sub = patients[patients["label"] == label]
             x = sub["split"].map({s: i for i, s in enumerate(splits)})
@@ -89,16 +104,14 @@ def patient_diagnosis(patients: pd.DataFrame, threshold: float | None, out_png) 
                        label="positive" if label else "negative", alpha=0.8)
         if threshold is not None:
             ax.axhline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f} (val)")
-        if patients.empty:
-            ax.text(0.5, 0.5, "no patient-level evaluation\n(binary task with patient ids only)",
-                    ha="center", va="center", transform=ax.transAxes)
-        else:
-            ax.legend(loc="best", fontsize="small")
+        ax.legend(loc="best", fontsize="small")
         ax.set_xticks(range(len(splits)), splits)
-        ax.set(ylim=(-0.03, 1.03), ylabel="fraction of cells predicted positive", title="patient-level diagnosis")
+        ax.set(ylim=(-0.03, 1.03), ylabel="fraction of cells predicted positive")
+        ax.set_title(title, fontsize="medium")
+    return fig
 
 
-def leaderboard_chart(board: pd.DataFrame, rank_by: str, out_png) -> None:
+def leaderboard_chart(board: pd.DataFrame, rank_by: str, out_png) -> Figure:
     """Validation (and test) `rank_by` per combo as horizontal bars, best on top."""
     board = board.iloc[::-1]  # barh draws bottom-up; the board is sorted best first
     y = np.arange(len(board))
@@ -109,3 +122,4 @@ def leaderboard_chart(board: pd.DataFrame, rank_by: str, out_png) -> None:
         ax.set_yticks(y, board["combo"].astype(str))
         ax.set(xlabel=rank_by, xlim=(0, 1), title=f"leaderboard (ranked by val {rank_by})")
         ax.legend(loc="lower right")
+    return fig

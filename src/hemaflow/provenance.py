@@ -5,18 +5,30 @@ script imports; DVC reruns a stage only for the files listed as its deps. `libra
 follows a script's `hemaflow` imports (module-level and inside functions) through the
 library; `library_digest` hashes those files for the rules' `library_code` param, and a test
 checks the deps in dvc.yaml against `library_modules`. Both are cached for the life of the
-process (one Snakemake run builds its DAG from one state of the code).
+process (one Snakemake run builds its DAG from one state of the code). `put_first_on_pythonpath`
+makes jobs run the library that was hashed: the checkout's own src/, not an installed copy.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import os
 from functools import cache
 from pathlib import Path
 
 PACKAGE = "hemaflow"
 LIBRARY = Path(__file__).resolve().parent  # src/hemaflow
+
+
+def put_first_on_pythonpath(src: str | os.PathLike, environ=os.environ) -> None:
+    """Make `src` the first PYTHONPATH entry (once) of `environ`, which jobs inherit. Python puts
+    PYTHONPATH ahead of site-packages, so a job imports this checkout's library even when another
+    clone is installed (editable) in its venv; Snakemake only appends a script's own directory
+    to sys.path, behind site-packages."""
+    src = os.fspath(src)
+    rest = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != src]
+    environ["PYTHONPATH"] = os.pathsep.join([src, *rest])
 
 
 def _imported_modules(path: Path) -> set[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
-def triangular(base_lr: float, step_size: int = 4, scale: float = 4, start_at: str = "max") -> Callable[[int], float]:
+def triangular(base_lr: float, step_size: int, scale: float, start_at: str) -> Callable[[int], float]:
     """Smith's (2015) triangular cyclical policy: epoch -> lr between base_lr and base_lr*scale.
 
     Linear half-cycles of `step_size` epochs. With start_at='max' (seed 000's choice) epoch 0

@@ -9,18 +9,27 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-SPLITS = ("train", "val", "test")
+from hemaflow.manifest import SPLITS
+
 PRIORITY = ("test", "val", "train")  # a group seen in several splits goes to the first one here
+
+
+def _present(value) -> bool:
+    """A real id: not None/NaN/pd.NA (any pandas version's missing string) and not empty."""
+    return pd.notna(value) and str(value) != ""
 
 
 def groups(ok: pd.DataFrame) -> pd.Series:
     """Per image: its patient merged with every duplicate group touching it (connected components)."""
     graph = nx.Graph()
     graph.add_nodes_from(("image", i) for i in ok["image_id"])
+    images = set(ok["image_id"])
     for img, pid, dup in zip(ok["image_id"], ok["patient_id"], ok["duplicate_of"]):
-        if pd.notna(pid):
+        if _present(pid):
             graph.add_edge(("image", img), ("patient", pid))
-        if pd.notna(dup):
+        # only a usable image can join a group: a missing value spelt as text (pandas 2's
+        # astype("str") gives "nan") would otherwise tie every image to one node
+        if _present(dup) and dup in images:
             graph.add_edge(("image", img), ("image", dup))
     name = {}
     for component in nx.connected_components(graph):
@@ -96,7 +105,7 @@ def assign_splits(
         raise ValueError("no usable source image (every file is quarantined); see results/reports/quarantine.csv")
     notes: list[str] = []
     group = groups(ok)
-    missing = int(ok["patient_id"].isna().sum())
+    missing = int((~ok["patient_id"].map(_present)).sum())
     if missing == len(ok):
         notes.append(
             "no patient ids: split by image (identical images kept together); "

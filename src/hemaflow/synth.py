@@ -155,7 +155,7 @@ def generate_cnmc_replica(
     patients_per_fold: dict,
     holdout_patients: dict,
     cells_per_patient: tuple[int, int],
-    image_size: int = 450,
+    image_size: int,
 ) -> None:
     """Write the replica under `root` (built beside it, then renamed: no half-written replica)."""
     root = Path(root)

@@ -104,3 +104,31 @@ def test_records_to_prediction_table(tmp_path):
     assert (pred.dtypes == template.dtypes).all()
     assert (pred["p_2"] == 0).all()
     np.testing.assert_allclose(pred[["p_0", "p_1"]].sum(axis=1), 1.0)
+
+
+def _fitted():
+    imgs, y = discs(8, seed=5)
+    X = np.array([baseline.extract_features(i) for i in imgs])
+    return baseline.fit_svm(X, y, seed=0), X
+
+
+def test_model_file_round_trip_without_pickle(tmp_path):
+    pipe, X = _fitted()
+    path = tmp_path / "model.skops"
+    baseline.save_svm(pipe, path)
+    assert not path.read_bytes().startswith(b"\x80")  # a zip of JSON and arrays, not a pickle stream
+    np.testing.assert_array_equal(baseline.load_svm(path).predict_proba(X), pipe.predict_proba(X))
+
+
+def test_model_file_with_an_unknown_type_is_refused(tmp_path):
+    import os
+
+    import skops.io as sio
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    pipe, X = _fitted()
+    # a stored shell call: what a pickle would run on load
+    sio.dump(make_pipeline(FunctionTransformer(os.system), pipe), tmp_path / "evil.skops")
+    with pytest.raises(ValueError, match=r"evil\.skops.*'posix\.system'.*snakemake models"):
+        baseline.load_svm(tmp_path / "evil.skops")

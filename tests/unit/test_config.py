@@ -1,12 +1,16 @@
-"""params.yaml validation: the shipped file is valid, mistakes are named with their key and the fix."""
+"""Configuration: the shipped file is valid and equals the schema's defaults, mistakes are named
+with their key, the fix and the file they came from, and missing data is found before any job."""
 
 import copy
+import importlib
+import inspect
 from pathlib import Path
 
 import pytest
 import yaml
 
-from hemaflow.config import ParamsError, validate_params
+from hemaflow import evaluate, manifest, splits
+from hemaflow.config import ParamsError, check_data_paths, load_schema, validate_params, with_defaults
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow/schemas/params.schema.yaml"
@@ -18,7 +22,24 @@ def params():
 
 
 def test_shipped_params_are_valid(params):
-    validate_params(params, SCHEMA)
+    assert validate_params(params, SCHEMA) == params
+
+
+def test_params_yaml_spells_out_exactly_the_schema_defaults(params):
+    """The schema is the one home of defaults; params.yaml stays complete (DVC reads it) and cannot drift."""
+    assert with_defaults({}, load_schema(SCHEMA)) == params
+
+
+def test_a_key_left_out_gets_its_schema_default_nested_sections_included(params):
+    del params["train"]["patience"], params["train"]["cyclic"], params["train"]["grid"]["dropout"]
+    del params["evaluate"], params["synthetic"]["holdout_patients"]["hem"]
+    config = validate_params(params, SCHEMA)
+    assert config["train"]["patience"] == 5
+    assert config["train"]["cyclic"] == {"step_size": 4, "scale": 4, "start_at": "max"}
+    assert config["train"]["grid"]["dropout"] == [0.25]
+    assert config["evaluate"] == {"rank_by": "balanced_accuracy"}
+    assert config["synthetic"]["holdout_patients"] == {"all": 5, "hem": 3}
+    assert "patience" not in params["train"]  # the caller's dict is left alone
 
 
 def test_enum_error_names_key_and_allowed_values(params):
@@ -26,7 +47,7 @@ def test_enum_error_names_key_and_allowed_values(params):
     with pytest.raises(ParamsError) as e:
         validate_params(params, SCHEMA)
     msg = str(e.value)
-    assert "preprocess.background" in msg
+    assert "params.yaml: preprocess.background" in msg
     assert "'alfa'" in msg and "'alpha'" in msg and "'natural'" in msg
 
 
@@ -50,3 +71,134 @@ def test_every_problem_is_listed_at_once(params):
     assert "train.grid.model.0" in msg and "'model_1'" in msg
     assert "split.ratios" in msg
     assert "seed" in msg
+
+
+def _integer_keys(schema, path=()):
+    """Every place the schema wants an integer: (path into the config, a valid value there)."""
+    if schema.get("type") == "integer":
+        yield path, schema.get("default", schema.get("minimum", 1))
+    for key, sub in schema.get("properties", {}).items():
+        yield from _integer_keys(sub, (*path, key))
+    if "items" in schema:
+        yield from _integer_keys(schema["items"], (*path, 0))
+
+
+INTEGER_KEYS = list(_integer_keys(load_schema(SCHEMA)))
+
+
+def test_the_schema_has_integer_keys_in_every_shape():
+    paths = [p for p, _ in INTEGER_KEYS]
+    assert ("seed",) in paths and ("augment", "shards", "val") in paths and ("train", "grid", "batch_size", 0) in paths
+
+
+@pytest.mark.parametrize("path", [p for p, _ in INTEGER_KEYS], ids=lambda p: ".".join(map(str, p)))
+def test_every_integer_key_rejects_a_float(params, path):
+    """YAML and --config read 7.0 as a float; JSON Schema 2020-12 would let it through as an integer."""
+    *parent, last = path
+    target = params
+    for step in parent:
+        target = target[step]
+    whole = int(target[last])
+    target[last] = float(whole)
+    with pytest.raises(ParamsError) as e:
+        validate_params(params, SCHEMA)
+    key = ".".join(map(str, path))
+    assert f"params.yaml: {key}: {float(whole)!r} is not an integer; write {whole} (no decimal point)" in str(e.value)
+
+
+def test_booleans_are_not_integers(params):
+    params["seed"] = True
+    with pytest.raises(ParamsError, match="seed: True is not of type 'integer'"):
+        validate_params(params, SCHEMA)
+
+
+def test_each_message_names_the_layer_that_set_the_value(params):
+    """params.yaml < each --configfile < --config, and a list is replaced whole, as in Snakemake."""
+    mine = {"seed": 1.5, "augment": {"rotations": 0}, "train": {"grid": {"lr": [0.001, 2]}}}
+    cli = {"seed": 7.0}
+    merged = copy.deepcopy(params)
+    merged["seed"] = 7.0
+    merged["augment"]["rotations"] = 0
+    merged["train"]["grid"]["lr"] = [0.001, 2]
+    merged["preprocess"]["size"] = 8  # as if params.yaml itself said so
+    layers = [("params.yaml", {**params, "preprocess": merged["preprocess"]}), ("my.yaml (--configfile)", mine), ("--config", cli)]
+    with pytest.raises(ParamsError) as e:
+        validate_params(merged, SCHEMA, layers)
+    lines = str(e.value).splitlines()
+    assert "params.yaml + my.yaml (--configfile) + --config" in lines[0]
+    assert "4 problem(s)" in lines[0]
+    by_key = {key: source for source, key, _ in (line.removeprefix("  - ").split(": ", 2) for line in lines[1:])}
+    assert by_key == {
+        "augment.rotations": "my.yaml (--configfile)",
+        "preprocess.size": "params.yaml",
+        "seed": "--config",
+        "train.grid.lr.1": "my.yaml (--configfile)",
+    }
+
+
+def test_split_names_have_one_home():
+    assert splits.SPLITS is manifest.SPLITS and evaluate.SPLITS is manifest.SPLITS
+    augment = load_schema(SCHEMA)["properties"]["augment"]["properties"]
+    assert augment["splits"]["items"]["enum"] == list(manifest.SPLITS)
+    assert list(augment["shards"]["properties"]) == list(manifest.SPLITS)
+
+
+def _data(**kw):
+    return {"adapter": "folders", "root": "images", "index": None, "filelist": None, **kw}
+
+
+def test_missing_data_root_says_what_and_how_to_point_at_it(tmp_path):
+    with pytest.raises(ParamsError) as e:
+        check_data_paths(_data(), tmp_path, [("params.yaml", {"data": {"root": "images"}}), ("my.yaml (--configfile)", {"seed": 1})])
+    msg = str(e.value)
+    assert f"params.yaml: data.root: the data directory 'images' ({tmp_path / 'images'}) does not exist" in msg
+    assert "Point data.root at the directory that holds the images" in msg
+    assert f"relative to the project directory {tmp_path}" in msg
+    (tmp_path / "images").write_text("a file, not a directory")
+    with pytest.raises(ParamsError, match="data.root"):
+        check_data_paths(_data(), tmp_path, [])
+    (tmp_path / "images").unlink()
+    (tmp_path / "images").mkdir()
+    check_data_paths(_data(), tmp_path, [])
+    check_data_paths(_data(adapter="synthetic", root="not/yet"), tmp_path, [])  # synthesize writes it
+
+
+def test_missing_index_or_filelist_is_named(tmp_path):
+    layers = [("--config", {"data": {"index": "paths.txt", "filelist": "labels.csv"}})]
+    with pytest.raises(ParamsError) as e:
+        check_data_paths(_data(adapter="cnmc", root="nowhere", index="paths.txt"), tmp_path, layers)
+    assert "--config: data.index: the index file 'paths.txt'" in str(e.value) and "data.root:" not in str(e.value)
+    (tmp_path / "images").mkdir()
+    with pytest.raises(ParamsError) as e:
+        check_data_paths(_data(adapter="filelist", filelist="labels.csv"), tmp_path, layers)
+    assert "--config: data.filelist: the file list 'labels.csv'" in str(e.value)
+    with pytest.raises(ParamsError, match="data.adapter: 'filelist' needs data.filelist"):
+        check_data_paths(_data(adapter="filelist"), tmp_path, [])
+
+
+# Library keyword defaults that mirror a params default (conveniences for callers outside the
+# workflow, which always passes the config's value): they must say what the schema says.
+MIRRORED = [
+    ("hemaflow.preprocess", "render_all", "background", ("preprocess", "background")),
+    ("hemaflow.preprocess", "render_all", "size", ("preprocess", "size")),
+    ("hemaflow.preprocess", "render_all", "crop_to_content", ("preprocess", "crop_to_content")),
+    ("hemaflow.preprocess", "render_all", "pad_square", ("preprocess", "pad_square")),
+    ("hemaflow.preprocess", "render_all", "filter", ("preprocess", "filter")),
+    ("hemaflow.preprocess", "render_all", "fill", ("augment", "fill")),
+    ("hemaflow.splits", "assign_splits", "ratios", ("split", "ratios")),
+    ("hemaflow.splits", "assign_splits", "use_dataset_folds", ("split", "use_dataset_folds")),
+    ("hemaflow.splits", "assign_splits", "val_fold", ("split", "val_fold")),
+    ("hemaflow.images", "load_rgb", "max_pixels", ("data", "max_pixels")),
+    ("hemaflow.ingest", "build_sources", "strict", ("data", "strict")),
+    ("hemaflow.models", "build_model", "dropout", ("train", "grid", "dropout", 0)),
+    ("hemaflow.train", "train_combo", "class_weight", ("train", "class_weight")),
+]
+
+
+@pytest.mark.parametrize(("module", "function", "argument", "path"), MIRRORED, ids=lambda x: x if isinstance(x, str) else "")
+def test_library_keyword_defaults_agree_with_the_schema(module, function, argument, path):
+    default = inspect.signature(getattr(importlib.import_module(module), function)).parameters[argument].default
+    expected = with_defaults({}, load_schema(SCHEMA))
+    for step in path:
+        expected = expected[step]
+    assert (list(default) if isinstance(default, tuple) else default) == expected

@@ -107,7 +107,8 @@ def test_multiclass_without_patients(tmp_path):
     pred = prediction_frame(ids, sources["label_index"], rng.dirichlet(np.ones(3), 9))
     m = evaluate_predictions(pred, augmented, sources, class_names=["a", "b", "c"], positive_class="all",
                              out_dir=tmp_path)
-    assert set(m) == {"val", "test"}
+    assert set(m) == {"val", "test", "patient"}
+    assert m["patient"] == {"skipped": "3 classes: the patient-level diagnosis is computed for binary tasks only"}
     assert pd.read_csv(tmp_path / "patients.csv").empty  # header only, so the workflow output exists
     assert (tmp_path / "patients.png").stat().st_size > 0
     assert set(pd.read_csv(tmp_path / "roc_val.csv")["class"]) <= {"a", "b", "c"}
@@ -151,3 +152,37 @@ def test_predict_streams_records_in_order(tmp_path, width):
     cols = [f"p_{c}" for c in range(expected.shape[1])]
     np.testing.assert_allclose(pred[cols].to_numpy(), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pred[cols].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def _only(split, label):
+    """IMAGES without the `split` patients of diagnosis `label` (1 = all, 0 = hem)."""
+    return {i: v for i, v in IMAGES.items() if not (v[2] == split and v[1] == label)}
+
+
+def test_single_diagnosis_validation_skips_the_patient_level_with_a_note(tmp_path, caplog):
+    m = run(tmp_path, _only("val", 0))  # every validation patient is positive
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    note = saved["patient"]["skipped"]
+    assert set(saved["patient"]) == {"skipped"}
+    assert "validation split" in note and "['all']" in note and "split.val_fold" in note
+    assert note in caplog.text  # and in the job's log
+    assert m["val"]["n"] == 5 and m["test"]["accuracy"] == pytest.approx(3 / 6)  # cell level still there
+    patients = pd.read_csv(tmp_path / "patients.csv")
+    assert set(patients["patient_id"]) == {"T1", "T2", "V1", "V3", "S1", "S2", "S3"}
+    assert patients["predicted"].isna().all()  # no threshold, no diagnosis
+
+
+def test_single_diagnosis_test_split_scores_what_it_can(tmp_path):
+    run(tmp_path, _only("test", 0))  # test patients S1 (diagnosed) and S3 (missed), both positive
+    test = json.loads((tmp_path / "metrics.json").read_text())["patient"]["test"]
+    assert test["accuracy"] == pytest.approx(1 / 2) and test["sensitivity"] == pytest.approx(1 / 2)
+    assert test["auc"] is None and test["specificity"] is None and test["balanced_accuracy"] is None
+    assert test["notes"] == ["patients of one diagnosis only: AUC and balanced accuracy undefined"]
+
+
+def test_binary_without_patient_ids_says_why_there_is_no_patient_level(tmp_path):
+    pred, augmented, sources = tables()
+    m = evaluate_predictions(pred, augmented, sources.assign(patient_id=None), class_names=NAMES,
+                             positive_class="all", out_dir=tmp_path)
+    assert m["patient"]["skipped"].startswith("no patient ids")
+    assert pd.read_csv(tmp_path / "patients.csv").empty

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hemaflow.grid import combos
+from hemaflow.grid import combos, prune_stale
 
 GRID = {
     "model": ["model_1", "breen_cnn"],
@@ -86,3 +86,18 @@ def test_the_projects_params_yaml_gives_readable_ids():
         n *= len(values)
     assert len(out) == (n if train["search"] == "grid" else min(n, train["trials"]))
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", cid) for cid in out)
+
+
+def test_prune_stale_deletes_only_what_removed_combinations_left(tmp_path):
+    models, history = tmp_path / "models", tmp_path / "plots/history"
+    for combo in ("kept", "old"):
+        (models / combo).mkdir(parents=True)
+        (models / combo / "model.keras").write_text("x")
+    history.mkdir(parents=True)
+    for name in ("kept.csv", "old.csv", "old.json", "kept_old.csv"):
+        (history / name).write_text("x")
+    (models / "grid.json").write_text("{}")  # a file where combos are directories: not a combo
+    gone = prune_stale({str(models): "", str(history): ".csv", str(tmp_path / "absent"): ".csv"}, ["kept"])
+    assert gone == [models / "old", history / "kept_old.csv", history / "old.csv"]
+    assert sorted(p.name for p in models.iterdir()) == ["grid.json", "kept"]
+    assert sorted(p.name for p in history.iterdir()) == ["kept.csv", "old.json"]

@@ -27,7 +27,7 @@ def test_two_cycles_start_at_max_reach_min_and_return():
 
 @pytest.mark.parametrize(("step_size", "scale"), [(4, 4), (3, 6), (1, 2)])
 def test_matches_the_seed_code_it_repairs(step_size, scale):
-    lr = triangular(2e-4, step_size=step_size, scale=scale)
+    lr = triangular(2e-4, step_size=step_size, scale=scale, start_at="max")
     for epoch in range(5 * step_size):
         assert lr(epoch) == pytest.approx(seed_000_reference(epoch, 2e-4, step_size, scale))
 
@@ -40,6 +40,6 @@ def test_start_at_min_is_the_same_cycle_shifted_by_a_step():
 
 def test_bad_settings_name_the_key():
     with pytest.raises(ValueError, match="train.cyclic.start_at"):
-        triangular(1e-3, start_at="middle")
+        triangular(1e-3, 4, 4, start_at="middle")
     with pytest.raises(ValueError, match="step_size"):
-        triangular(1e-3, step_size=0)
+        triangular(1e-3, step_size=0, scale=4, start_at="max")

@@ -129,3 +129,26 @@ def test_split_summary_counts_patients_and_cells(fake_sources):
     expected = splits.merge(sources, on="image_id").query("split == 'val' and label == 'hem'")
     row = table[(table.split == "val") & (table.label == "hem")].iloc[0]
     assert (row.patients, row.cells) == (expected.patient_id.nunique(), len(expected))
+
+
+@pytest.mark.parametrize("missing", ["nan", ""])
+def test_a_missing_duplicate_spelt_as_text_merges_nothing(fake_sources, missing):
+    # pandas 2's astype("str") writes a missing duplicate_of as the text "nan": that is no image
+    sources = fake_sources(n_patients=40, patients=False).assign(duplicate_of=missing)
+    dup_rows = sources.index[[3, 50]]
+    sources.loc[dup_rows[1], "duplicate_of"] = sources.loc[dup_rows[0], "image_id"]
+    splits, _ = assign_splits(sources, seed=0, use_dataset_folds=False)
+    assert splits.group.nunique() == len(sources) - 1
+    assert set(splits.split) == {"train", "val", "test"}
+
+
+def test_pyproject_requires_the_pandas_whose_strings_the_manifests_use():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    from harness import ROOT
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pandas = next(Requirement(d) for d in deps if Requirement(d).name == "pandas")
+    assert "2.2.3" not in pandas.specifier and "3.1.1" in pandas.specifier

@@ -12,7 +12,7 @@ rule augment_shard:
     params:
         library_code=library_code("augment_shard.py"),
         root=config["data"]["root"],
-        max_pixels=config["data"].get("max_pixels", 40_000_000),
+        max_pixels=config["data"]["max_pixels"],
         n_shards=lambda w: config["augment"]["shards"][w.split],
         preprocess=config["preprocess"],
         augment=augment_params,
@@ -55,7 +55,7 @@ rule contact_sheet:
         "results/logs/contact_sheet/{split}.log",
     params:
         library_code=library_code("contact_sheet.py"),
-        per_class=config["augment"].get("contact_sheet", 24),
+        per_class=config["augment"]["contact_sheet"],
         channels=channels(),
         seed=config["seed"],
     conda:

@@ -2,24 +2,41 @@ import re
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
+import yaml
 
-# The library lives in src/. Jobs import it through the symlink workflow/scripts/hemaflow
-# (Snakemake puts a script's directory on sys.path), so conda envs and SLURM nodes need no install.
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# The library lives in src/, so conda envs and SLURM nodes need no install. Jobs inherit the
+# environment (local and SLURM): PYTHONPATH makes them import this checkout's src/hemaflow, the
+# code `library_code` hashed, ahead of any copy installed in the venv (e.g. another clone's).
+SRC = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC))
 
-from hemaflow.config import validate_params
+from hemaflow.config import check_data_paths, validate_params
 from hemaflow.grid import combos
-from hemaflow.provenance import library_digest
+from hemaflow.manifest import SPLITS
+from hemaflow.provenance import library_digest, put_first_on_pythonpath
 
-SCHEMA = Path(workflow.basedir) / "workflow/schemas/params.schema.yaml"
-validate_params(config, SCHEMA)
-validate(config, schema=str(SCHEMA))
+put_first_on_pythonpath(SRC)
 
-SPLITS = ["train", "val", "test"]
+
+def config_layers():
+    """What set the config, lowest precedence first (the Snakefile's configfile, each
+    --configfile, --config), so that a validation message can name where a bad value came from."""
+    cli = list(workflow.overwrite_configfiles)
+    own = [] if workflow.config_settings.replace_workflow_config else workflow.configfiles[len(cli):]
+    shown = [str(f) for f in own] + [f"{f.relative_to(Path.cwd()) if f.is_relative_to(Path.cwd()) else f} (--configfile)" for f in cli]
+    layers = [(name, yaml.safe_load(Path(f).read_text()) or {}) for name, f in zip(shown, own + cli)]
+    return layers + ([("--config", dict(workflow.config_settings.config))] if workflow.config_settings.config else [])
+
+
+# Validated once, here; the schema's defaults fill in every key a config file leaves out, so
+# rules and scripts read config[...] and never repeat a default.
+LAYERS = config_layers()
+config.update(validate_params(config, Path(workflow.basedir) / "workflow/schemas/params.schema.yaml", LAYERS))
+check_data_paths(config["data"], Path.cwd(), LAYERS)
+
 COMBOS = combos(config["train"], config["seed"])
 BASELINE = "svm_rbf"
-MODEL_IDS = list(COMBOS) + ([BASELINE] if config["train"].get("baseline_svm", True) else [])
+MODEL_IDS = list(COMBOS) + ([BASELINE] if config["train"]["baseline_svm"] else [])
 
 SOURCES = "results/manifests/sources.parquet"
 SPLITS_TABLE = "results/manifests/splits.parquet"
@@ -27,6 +44,14 @@ AUGMENTED = "results/manifests/augmented.parquet"
 # Tables behind the figures, one directory per figure kind: what dvc.yaml's `plots` read.
 HISTORY = "results/plots/history/{combo}.csv"
 PLOT_TABLE = "results/plots/{kind}_{split}/{combo}.csv"
+PLOT_KINDS = ["confusion", "roc"]
+GRID = "results/models/grid.json"
+# Where each stage leaves per-combination files (a directory per combo, or <combo>.csv): what
+# `prune_stale` clears of combinations no longer in the grid (rules grid and leaderboard).
+TRAIN_PER_COMBO = {"results/models": "", str(Path(HISTORY).parent): ".csv"}
+EVALUATE_PER_COMBO = {"results/evaluation": ""} | dict.fromkeys(
+    expand(str(Path(PLOT_TABLE).parent), kind=PLOT_KINDS, split=SPLITS), ".csv"
+)
 
 
 wildcard_constraints:
@@ -56,23 +81,22 @@ def shard_manifests(split):
 
 def data_input():
     """What ingest reads: the replica (made by `synthesize`), the user's root, or an index file."""
-    index = config["data"].get("index")
-    return index if index else config["data"]["root"]
+    return config["data"]["index"] or config["data"]["root"]
 
 
 def augment_params(wildcards):
     """Only augmented splits depend on augmentation parameters, so changing them reruns only those shards."""
-    if wildcards.split in config["augment"].get("splits", ["train"]):
+    if wildcards.split in config["augment"]["splits"]:
         return {k: v for k, v in config["augment"].items() if k not in ("shards", "contact_sheet", "splits")}
     return None
 
 
 def channels():
-    return 4 if config["preprocess"].get("background", "alpha") == "alpha" else 3
+    return 4 if config["preprocess"]["background"] == "alpha" else 3
 
 
 def model_file(combo):
-    name = "model.joblib" if combo == BASELINE else "model.keras"
+    name = "model.skops" if combo == BASELINE else "model.keras"
     return f"results/models/{combo}/{name}"
 
 
@@ -101,8 +125,8 @@ def prepared_data():
 
 
 def trained_models():
-    """Every combination's model and the classical baseline (DVC stage `train`)."""
-    return [model_file(combo) for combo in MODEL_IDS]
+    """Every combination's model and the classical baseline, and the grid (DVC stage `train`)."""
+    return [GRID, *(model_file(combo) for combo in MODEL_IDS)]
 
 
 def evaluation_reports():

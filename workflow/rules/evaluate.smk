@@ -7,7 +7,7 @@ rule evaluate:
     output:
         metrics="results/evaluation/{combo}/metrics.json",
         predictions="results/evaluation/{combo}/predictions.parquet",
-        tables=expand(PLOT_TABLE, kind=["confusion", "roc"], split=SPLITS, allow_missing=True),
+        tables=expand(PLOT_TABLE, kind=PLOT_KINDS, split=SPLITS, allow_missing=True),
         confusion=[
             report(f"results/evaluation/{{combo}}/confusion_{split}.png", caption="../report/confusion.rst",
                    category="Evaluation", subcategory="{combo}", labels={"model": "{combo}", "figure": f"confusion {split}"})
@@ -33,7 +33,7 @@ rule evaluate:
     params:
         library_code=library_code("evaluate.py"),
         channels=channels(),
-        positive_class=config["data"].get("positive_class", "all"),
+        positive_class=config["data"]["positive_class"],
         baseline=lambda w: w.combo == BASELINE,
         tables=lambda w: PLOT_TABLE.replace("{combo}", w.combo),
     threads: 1
@@ -47,6 +47,7 @@ rule leaderboard:
     input:
         metrics=expand("results/evaluation/{combo}/metrics.json", combo=MODEL_IDS),
         infos=expand("results/models/{combo}/train.json", combo=MODEL_IDS),
+        grid=GRID,  # so `snakemake all` prunes the train stage's stale combinations too
     output:
         csv=report("results/reports/leaderboard.csv", caption="../report/leaderboard.rst", category="Leaderboard", labels={"table": "leaderboard"}),
         md="results/reports/leaderboard.md",
@@ -58,7 +59,8 @@ rule leaderboard:
         library_code=library_code("leaderboard.py"),
         ids=MODEL_IDS,
         combos=COMBOS,
-        rank_by=config["evaluate"].get("rank_by", "balanced_accuracy"),
+        rank_by=config["evaluate"]["rank_by"],
+        prune=EVALUATE_PER_COMBO,
     conda:
         "../../envs/train.yaml"
     script:

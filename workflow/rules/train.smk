@@ -37,12 +37,28 @@ rule train:
         "../scripts/train.py"
 
 
+rule grid:
+    output:
+        GRID,
+    log:
+        "results/logs/grid.log",
+    params:
+        library_code=library_code("grid.py"),
+        ids=MODEL_IDS,
+        combos=COMBOS,
+        prune=TRAIN_PER_COMBO,
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/grid.py"
+
+
 rule train_baseline:
     input:
         train=shard_records("train"),
         sources=SOURCES,
     output:
-        model=f"results/models/{BASELINE}/model.joblib",
+        model=f"results/models/{BASELINE}/model.skops",
         info=f"results/models/{BASELINE}/train.json",
     log:
         f"results/logs/train/{BASELINE}.log",
@@ -51,7 +67,7 @@ rule train_baseline:
     params:
         library_code=library_code("train_baseline.py"),
         channels=channels(),
-        class_weight=config["train"].get("class_weight", "none"),
+        class_weight=config["train"]["class_weight"],
         seed=config["seed"],
     threads: 1
     conda:

@@ -15,10 +15,10 @@ records = list(snakemake.input.records)
 sources = read_manifest(snakemake.input.sources, "sources")
 classes = sources[sources["label_index"] >= 0].drop_duplicates("label_index").sort_values("label_index")
 if snakemake.params.baseline:
-    import joblib
+    from hemaflow.baseline import load_svm
 
     pred = predict_baseline(
-        joblib.load(snakemake.input.model), records, channels=snakemake.params.channels, n_classes=len(classes)
+        load_svm(snakemake.input.model), records, channels=snakemake.params.channels, n_classes=len(classes)
     )
 else:
     import keras

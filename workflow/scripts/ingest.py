@@ -15,17 +15,17 @@ d = snakemake.params.data
 candidates = list_candidates(
     d["adapter"] if d["adapter"] != "synthetic" else "cnmc",
     d["root"],
-    index=d.get("index"),
-    patient_regex=d.get("patient_regex"),
-    filelist=d.get("filelist"),
+    index=d["index"],
+    patient_regex=d["patient_regex"],
+    filelist=d["filelist"],
     dataset=d["name"],
 )
 sources = build_sources(
     candidates,
     d["root"],
     dataset=d["name"],
-    strict=d.get("strict", False),
-    max_pixels=d.get("max_pixels", 40_000_000),
+    strict=d["strict"],
+    max_pixels=d["max_pixels"],
     threads=snakemake.threads,
 )
 write_manifest(sources, snakemake.output.sources, "sources")

@@ -5,11 +5,14 @@ from hemaflow.logs import to_log
 to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
 
 import json
+import logging
 
-import pandas as pd
-
+from hemaflow.grid import prune_stale
 from hemaflow.leaderboard import build_leaderboard, headline, write_leaderboard
 from hemaflow.plots import leaderboard_chart
+
+for path in prune_stale(snakemake.params.prune, snakemake.params.ids):
+    logging.info("removed %s: its combination is no longer in the grid", path)
 
 rank_by = snakemake.params.rank_by
 entries = {}

@@ -14,9 +14,9 @@ p = snakemake.params.split
 splits, notes = assign_splits(
     sources,
     seed=snakemake.params.seed,
-    ratios=tuple(p.get("ratios", (7, 2, 1))),
-    use_dataset_folds=p.get("use_dataset_folds", True),
-    val_fold=p.get("val_fold", 2),
+    ratios=tuple(p["ratios"]),
+    use_dataset_folds=p["use_dataset_folds"],
+    val_fold=p["val_fold"],
 )
 write_manifest(splits, snakemake.output.splits, "splits")
 split_summary(sources, splits).to_csv(snakemake.output.summary, index=False)

@@ -31,7 +31,7 @@ train_combo(
     max_epochs=s["max_epochs"],
     patience=s["patience"],
     cyclic=s["cyclic"],
-    class_weight=s.get("class_weight", "none"),
+    class_weight=s["class_weight"],
     class_counts=train_rows["label_index"].value_counts().to_dict(),
     seed=snakemake.params.seed,
     out_dir=snakemake.output.model.rsplit("/", 1)[0],
