@@ -107,3 +107,21 @@ def is_blank(png: Path, max_ink_pixels: int = 64) -> bool:
     Counted in pixels, not as a share: one small table on a 1280x2000 page inks under 0.05% of it.
     """
     return ink_pixels(png) <= max_ink_pixels
+
+
+def page_requests(html_path: Path, budget_ms: int = 5000) -> list[str]:
+    """URLs the page itself asked the network for, from Chromium's net log (the browser's own
+    background traffic, isolated under other sites, left out). Files read through file:// are
+    not network requests; check a page's src/href attributes for those."""
+    import json
+
+    _check_budget(budget_ms)
+    with tempfile.TemporaryDirectory(prefix="chromium-netlog-") as tmp:
+        log = Path(tmp) / "net.json"
+        _chromium(html_path, f"--virtual-time-budget={budget_ms}", f"--log-net-log={log}", "--dump-dom")
+        data = json.loads(log.read_text())
+    start = data["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    return sorted({
+        e["params"]["url"] for e in data["events"]
+        if e["type"] == start and "file://" in e["params"].get("network_isolation_key", "")
+    })

@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from browser import dump_dom, is_blank, screenshot
+from browser import dump_dom, is_blank, page_requests, screenshot
 
 pytestmark = pytest.mark.integration
 
@@ -64,3 +64,10 @@ def test_a_text_only_table_is_not_blank(chromium, tmp_path):
     page = tmp_path / "table.html"
     page.write_text("<table><tr><td>cnn_small</td><td>0.91</td></tr><tr><td>svm_rbf</td><td>0.84</td></tr></table>")
     assert not is_blank(screenshot(page, tmp_path / "table.png"))
+
+
+def test_page_requests_sees_what_a_page_fetches_and_nothing_else(chromium, report_page, tmp_path):
+    assert page_requests(report_page) == []  # inline image only (the browser's own traffic left out)
+    page = tmp_path / "external.html"
+    page.write_text('<img src="http://example.invalid/x.png"><link rel="stylesheet" href="https://cdn.example.invalid/a.css">')
+    assert page_requests(page) == ["http://example.invalid/x.png", "https://cdn.example.invalid/a.css"]

@@ -146,6 +146,21 @@ def model_file(combo):
     return f"results/models/{combo}/{name}"
 
 
+# rule predict (predict.smk)
+PREDICT_DIR = f"results/predict/{config['predict']['name']}"
+
+
+def predict_model_inputs():
+    """What the chosen model needs built: `best` the leaderboard, a combination its model,
+    preprocess.json and evaluation (for the patient threshold); a path nothing."""
+    model = config["predict"]["model"]
+    if model == "best":
+        return ["results/reports/metrics.json"]
+    if model in COMBOS:
+        return [model_file(model), f"results/models/{model}/preprocess.json", f"results/evaluation/{model}/metrics.json"]
+    return []
+
+
 def prepared_data():
     """Everything the data half leaves: manifests, shards, data reports (DVC stage `prepare`)."""
     return [

@@ -15,6 +15,7 @@ rule train:
             labels={"model": "{combo}", "figure": "training curves"},
         ),
         info="results/models/{combo}/train.json",
+        params="results/models/{combo}/preprocess.json",
     log:
         "results/logs/train/{combo}.log",
     benchmark:
@@ -25,6 +26,7 @@ rule train:
         settings=train_settings,
         size=config["preprocess"]["size"],
         channels=channels(),
+        preprocess=config["preprocess"],
         seed=config["seed"],
     threads: 1
     resources:

@@ -10,6 +10,7 @@ import tensorflow as tf
 from hemaflow import fusion
 from hemaflow.grid import is_fused
 from hemaflow.manifest import read_classes, read_manifest
+from hemaflow.model_params import record
 from hemaflow.train import train_combo
 
 tf.config.threading.set_intra_op_parallelism_threads(snakemake.threads)
@@ -17,6 +18,9 @@ tf.config.threading.set_inter_op_parallelism_threads(snakemake.threads)
 
 train_rows = pd.concat([pd.read_parquet(p, columns=["label_index"]) for p in snakemake.input.manifests])
 s = snakemake.params.settings
+classes = read_classes(snakemake.input.classes)
+# First, so that model.keras (written last by train_combo) never exists without it.
+record(snakemake.output.params, preprocess=snakemake.params.preprocess, channels=snakemake.params.channels, classes=classes)
 cbc = None
 if is_fused(snakemake.params.combo):
     sources = read_manifest(snakemake.input.sources, "sources")
@@ -28,7 +32,7 @@ train_combo(
     val_records=list(snakemake.input.val),
     channels=snakemake.params.channels,
     size=snakemake.params.size,
-    n_classes=len(read_classes(snakemake.input.classes)),
+    n_classes=len(classes),
     max_epochs=s["max_epochs"],
     patience=s["patience"],
     cyclic=s["cyclic"],

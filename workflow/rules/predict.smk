@@ -1,0 +1,32 @@
+# `snakemake --cores all predict`: classify the images of predict.input with predict.model,
+# write results/predict/{predict.name}/ (tables, summary, one HTML report per patient).
+# Not part of `all`. The images are a parameter, not a tracked input: after changing files
+# inside predict.input, rerun with --forcerun predict.
+rule predict:
+    input:
+        model=predict_model_inputs(),
+        patients=config["predict"]["patients"] or [],
+    output:
+        predictions=f"{PREDICT_DIR}/predictions.parquet",
+        csv=f"{PREDICT_DIR}/predictions.csv",
+        patients=f"{PREDICT_DIR}/patients.csv",
+        summary=f"{PREDICT_DIR}/summary.json",
+        reports=directory(f"{PREDICT_DIR}/reports"),
+    log:
+        f"results/logs/predict/{config['predict']['name']}.log",
+    benchmark:
+        f"results/benchmarks/predict/{config['predict']['name']}.tsv"
+    params:
+        library_code=library_code("predict.py"),
+        images=config["predict"]["input"],
+        model=config["predict"]["model"],
+        patient_regex=config["predict"].get("patient_regex"),
+        cells=config["predict"].get("cells"),
+        improve=config["predict"].get("improve", False),
+        batch_size=config["predict"].get("batch_size", 64),
+        max_pixels=config["data"].get("max_pixels", 40_000_000),
+    threads: 1
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/predict.py"
