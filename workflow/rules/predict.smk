@@ -20,11 +20,11 @@ rule predict:
         library_code=library_code("predict.py"),
         images=config["predict"]["input"],
         model=config["predict"]["model"],
-        patient_regex=config["predict"].get("patient_regex"),
-        cells=config["predict"].get("cells"),
-        improve=config["predict"].get("improve", False),
-        batch_size=config["predict"].get("batch_size", 64),
-        max_pixels=config["data"].get("max_pixels", 40_000_000),
+        patient_regex=config["predict"]["patient_regex"],
+        cells=config["predict"]["cells"],
+        improve=config["predict"]["improve"],
+        batch_size=config["predict"]["batch_size"],
+        max_pixels=config["data"]["max_pixels"],
     threads: 1
     conda:
         "../../envs/train.yaml"
