@@ -36,7 +36,7 @@ config.update(validate_params(config, Path(workflow.basedir) / "workflow/schemas
 check_data_paths(config["data"], Path.cwd(), LAYERS)
 
 COMBOS = combos(config["train"], config["seed"])
-PATIENT_SHEET = config["data"].get("patient_sheet")
+PATIENT_SHEET = config["data"]["patient_sheet"]
 check_patient_sheet(COMBOS, PATIENT_SHEET)
 BASELINE = "svm_rbf"
 MODEL_IDS = list(COMBOS) + ([BASELINE] if config["train"]["baseline_svm"] else [])
