@@ -16,6 +16,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/augment.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/explain.smk"
 
 
 localrules:
@@ -23,12 +24,14 @@ localrules:
     prepare,
     models,
     evaluation,
+    explanation,
 
 
 rule all:
     input:
         prepared_data(),
         evaluation_reports(),
+        explanations(),
     default_target: True
 
 
@@ -46,3 +49,8 @@ rule models:
 rule evaluation:
     input:
         evaluation_reports(),
+
+
+rule explanation:
+    input:
+        explanations(),

@@ -19,6 +19,7 @@ validate(config, schema=str(SCHEMA))
 SPLITS = ["train", "val", "test"]
 COMBOS = combos(config["train"], config["seed"])
 BASELINE = "svm_rbf"
+BEST = "best"  # results/explain/best/: the leaderboard's best CNN (workflow/rules/explain.smk)
 MODEL_IDS = list(COMBOS) + ([BASELINE] if config["train"].get("baseline_svm", True) else [])
 
 SOURCES = "results/manifests/sources.parquet"
@@ -93,3 +94,28 @@ def trained_models():
 def evaluation_reports():
     """Per-combination evaluation and the leaderboard (DVC stage `evaluate`)."""
     return ["results/reports/leaderboard.csv", "results/reports/metrics.json"]
+
+
+def explanations():
+    """Overlays and the sufficiency test of the leaderboard's best CNN (DVC stage `explain`)."""
+    return [f"results/explain/{BEST}/{name}" for name in ("overlays", "cells.csv", "sufficiency.png", "summary.json")]
+
+
+def explain_inputs(wildcards):
+    """The combination's model and predictions; for `best`, every CNN's and the leaderboard (the
+    script reads the best from metrics.json)."""
+    ids = explained_combos(wildcards)
+    inputs = {
+        "models": [model_file(c) for c in ids],
+        "predictions": [f"results/evaluation/{c}/predictions.parquet" for c in ids],
+        "records": [r for split in config["explain"]["splits"] for r in shard_records(split)],
+        "augmented": AUGMENTED,
+        "sources": SOURCES,
+    }
+    if wildcards.combo == BEST:
+        inputs["metrics"] = "results/reports/metrics.json"
+    return inputs
+
+
+def explained_combos(wildcards):
+    return list(COMBOS) if wildcards.combo == BEST else [wildcards.combo]
