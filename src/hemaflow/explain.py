@@ -17,6 +17,8 @@ import pandas as pd
 
 # Perturbed images per model call: large enough to keep the CPU busy, small enough for memory.
 BATCH_SIZE = 256
+# The sufficiency table's row of every class together (C-NMC has a class named "all").
+OVERALL = "all classes"
 
 
 def class_scores(model, images: np.ndarray, *, batch_size: int = BATCH_SIZE) -> np.ndarray:
@@ -226,7 +228,7 @@ def sufficiency(model, images: np.ndarray, labels, explanations, ns, *, class_na
     method `lime`: the n with the largest LIME weight for the predicted class; `random`: n drawn
     at random (one seeded permutation per image, so the sets grow with n); `full image`: nothing
     hidden, the reference. The same images enter every n: an image with fewer than n
-    superpixels keeps all of them. One row per method, n and class (true label; `all` = every
+    superpixels keeps all of them. One row per method, n and class (true label; OVERALL = every
     image): images, accuracy, kept_prediction (same class as on the full image), kept (mean
     fraction of superpixels kept).
     """
@@ -245,7 +247,7 @@ def sufficiency(model, images: np.ndarray, labels, explanations, ns, *, class_na
     names = np.asarray(class_names, dtype=object)
     out = []
     for method, n, fraction, pred in rows:
-        for name, sel in [("all", np.ones(len(labels), bool)), *((names[c], labels == c) for c in np.unique(labels))]:
+        for name, sel in [(OVERALL, np.ones(len(labels), bool)), *((names[c], labels == c) for c in np.unique(labels))]:
             out.append({"method": method, "n": int(n), "class": name, "images": int(sel.sum()),
                         "accuracy": float((pred[sel] == labels[sel]).mean()),
                         "kept_prediction": float((pred[sel] == predicted[sel]).mean()),

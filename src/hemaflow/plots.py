@@ -133,6 +133,8 @@ def sufficiency_curves(table: pd.DataFrame, out_png) -> None:
                 line = sub[sub["method"] == method].sort_values("n")
                 ax.plot(line["n"], line["accuracy"], label=method if method != "lime" else "LIME top n", **style)
             ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted(set(sub["n"])), [str(n) for n in sorted(set(sub["n"]))])
+            ax.minorticks_off()
             ax.set(xlabel="superpixels kept (n)", ylim=(-0.03, 1.03),
                    title=f"{group} ({int(sub['images'].iloc[0]) if len(sub) else 0} cells)")
         axes[0][0].set_ylabel("accuracy")

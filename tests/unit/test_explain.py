@@ -191,10 +191,10 @@ def test_sufficiency_keeps_the_same_images_for_every_n_and_beats_random(detector
     table = explain.sufficiency(detector, images, labels, expls, ns, class_names=["dark", "bright"], seed=0)
     again = explain.sufficiency(detector, images, labels, expls, ns, class_names=["dark", "bright"], seed=0)
     pd.testing.assert_frame_equal(table, again)
-    overall = table[table["class"] == "all"].set_index(["method", "n"])
+    overall = table[table["class"] == explain.OVERALL].set_index(["method", "n"])
     # seed 003 dropped images with fewer superpixels than n: here every n scores all 8
     assert (overall["images"] == len(images)).all()
-    assert set(table["class"]) == {"all", "dark", "bright"}
+    assert set(table["class"]) == {explain.OVERALL, "dark", "bright"}
     by = table.set_index(["method", "n", "class"])
     # the top superpixel of a bright image is its square: alone on black it still reads "bright"
     assert by.loc[("lime", 1, "bright"), "accuracy"] == 1.0
@@ -235,3 +235,65 @@ def test_best_explainable_skips_the_svm_baseline():
                "combos": {"svm_rbf": {"val_auc": 0.9}, "a": {"val_auc": 0.7}, "b": {"val_auc": 0.8}, "c": {}}}
     assert explain.best_explainable(metrics, ["a", "b", "c"]) == "b"
     assert explain.best_explainable({**metrics, "best": "a"}, ["a", "b"]) == "a"
+
+
+# ------------------------------------------------------------------ the pipeline step
+
+
+def test_load_images_reads_the_deterministic_record_of_each_cell(tmp_path):
+    from hemaflow import records
+    from hemaflow.shards import encode_png
+
+    rng = np.random.default_rng(0)
+    imgs = {name: rng.integers(0, 256, (8, 8, 4), dtype=np.uint8) for name in ("a0", "a1", "b0")}
+    path = tmp_path / "000.tfrecord"
+    records.write_records(path, [records.encode_example(encode_png(im), 0, aug) for aug, im in imgs.items()])
+    augmented = pd.DataFrame({"aug_id": ["a0", "a1", "b0"], "image_id": ["a", "a", "b"],
+                              "copy": [0, 0, 0], "rotation": [0.0, 90.0, 0.0], "mirror": [False] * 3})
+    found = explain.load_images([path], augmented, ["a", "b"], channels=4)
+    np.testing.assert_array_equal(found["a"], imgs["a0"])  # not the rotated copy
+    np.testing.assert_array_equal(found["b"], imgs["b0"])
+    with pytest.raises(ValueError, match="no deterministic record.*rerun augment"):
+        explain.load_images([path], augmented, ["a", "zz"], channels=4)
+
+
+def test_explain_model_writes_overlays_table_and_sufficiency(detector, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    corners = [(2, 2), (3, 3), (2, 4), (4, 2)]
+    x = [patches(c) for c in corners] + [patches(None)] * 2
+    images = {f"c{k}": np.round(im * 255).astype(np.uint8) for k, im in enumerate(x)}
+    labels = [1, 1, 1, 0, 0, 1]  # c0-c3 show the square (predicted bright): c3 and c5 are misclassified
+    p1 = explain.class_scores(detector, np.stack(x))[:, 1]
+    predictions = pd.DataFrame({"image_id": list(images), "split": ["test"] * 5 + ["val"], "patient_id": "P",
+                                "label": np.array(["dark", "bright"])[labels], "label_index": labels,
+                                "p_0": 1 - p1, "p_1": p1, "predicted": (p1 > 0.5).astype(int)})
+    settings = {"splits": ["val", "test"], "cells": 1, "num_samples": 40, "batch_size": 64, "fill": 0.0,
+                "segmentation": {}, "sufficiency": {"cells": 9, "n": [1, 64]}}
+    out = {k: tmp_path / v for k, v in [("overlays", "overlays"), ("cells", "cells.csv"),
+                                        ("sufficiency", "s.csv"), ("plot", "s.png"), ("summary", "summary.json")]}
+    closed = []
+    monkeypatch.setattr(plt, "close", lambda fig: closed.append(fig))  # keep the figures to inspect them
+    summary = explain.explain_model(detector, predictions, images, combo="m", class_names=["dark", "bright"],
+                                    settings=settings, seed=0, out=out)
+    cells = pd.read_csv(out["cells"])
+    # one cell per class and kind; the only misclassified ones are c3 (dark) and c5 (bright)
+    assert sorted(zip(cells["label"], cells["kind"])) == [("bright", "correct"), ("bright", "misclassified"),
+                                                          ("dark", "correct"), ("dark", "misclassified")]
+    assert set(cells.loc[cells["kind"] == "misclassified", "image_id"]) == {"c3", "c5"}
+    assert (cells["predicted"] == np.where(cells["kind"] == "correct", cells["label"],
+                                           np.where(cells["label"] == "dark", "bright", "dark"))).all()
+    for row in cells.itertuples():
+        assert (out["overlays"] / row.overlay).is_file()
+        assert row.overlay == f"{row.label}/{row.kind}/{row.image_id}.png"
+    titles = [f._suptitle.get_text() for f in closed if f._suptitle is not None]
+    assert any("true: dark · predicted: bright (p = " in t for t in titles)
+    table = pd.read_csv(out["sufficiency"])
+    assert (table["images"][table["class"] == explain.OVERALL] == 6).all()  # every cell of the sample, at every n
+    curves = closed[-1].axes[0]  # the first panel of the sufficiency figure: every class together
+    lime_line = table[(table["class"] == explain.OVERALL) & (table["method"] == "lime")]
+    np.testing.assert_allclose(curves.lines[0].get_ydata(), lime_line["accuracy"])
+    monkeypatch.undo()
+    for fig in closed:
+        plt.close(fig)
+    assert summary["combo"] == "m" and summary["cells_explained"] == 6 and summary["lime_seconds_per_image"] > 0
