@@ -17,6 +17,7 @@ include: "workflow/rules/augment.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/explain.smk"
 
 
 localrules:
@@ -26,12 +27,14 @@ localrules:
     prepare,
     models,
     evaluation,
+    explanation,
 
 
 rule all:
     input:
         prepared_data(),
         evaluation_reports(),
+        explanations(),
     default_target: True
 
 
@@ -55,3 +58,8 @@ rule models:
 rule evaluation:
     input:
         evaluation_reports(),
+
+
+rule explanation:
+    input:
+        explanations(),

@@ -20,7 +20,7 @@ BIN = Path(sys.executable).parent
 # Credentials of the S3 server the integration tests start on loopback (moto).
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 # The Snakefile's target rules: they only name outputs, so they are not work.
-TARGET_RULES = {"all", "replica", "prepare", "models", "evaluation"}
+TARGET_RULES = {"all", "replica", "prepare", "models", "evaluation", "explanation"}
 
 
 def tool_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -7,10 +7,18 @@ class 0 whatever the prediction). Binary models have one sigmoid unit, P(class 1
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 
 # Perturbed images per model call: large enough to keep the CPU busy, small enough for memory.
 BATCH_SIZE = 256
+# The sufficiency table's row of every class together (C-NMC has a class named "all").
+OVERALL = "all classes"
 
 
 def class_scores(model, images: np.ndarray, *, batch_size: int = BATCH_SIZE) -> np.ndarray:
@@ -119,3 +127,254 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> np.ndarr
         heat = resize(heat, rgb.shape[:2], order=1, mode="edge", anti_aliasing=False)
     coloured = colormaps["jet"](heat.clip(0.0, 1.0))[..., :3]
     return np.round(255.0 * ((1.0 - alpha) * rgb + alpha * coloured)).astype(np.uint8)
+
+
+# ------------------------------------------------------------------ LIME
+
+
+@dataclass(frozen=True)
+class LimeExplanation:
+    """LIME's local linear model of one image's predicted class over its superpixels."""
+
+    label: int  # the predicted class: the one explained
+    probability: float  # the model's probability of `label` on the unperturbed image
+    segments: np.ndarray  # (H, W) superpixel id of every pixel, 0..k-1
+    weights: np.ndarray  # (k,) weight of each superpixel for `label`
+    intercept: float
+    r2: float  # fit of the weighted linear model on the perturbations
+
+    def ranking(self) -> np.ndarray:
+        """Superpixel ids by weight for the predicted class, largest first (ties by id)."""
+        return np.lexsort((np.arange(len(self.weights)), -self.weights))
+
+    def heat(self) -> np.ndarray:
+        """(H, W) map of the positive weights scaled to [0, 1] (all zero when none is positive)."""
+        w = np.clip(self.weights, 0.0, None)
+        return (w / w.max())[self.segments] if w.max() > 0 else np.zeros(self.segments.shape)
+
+
+def superpixels(image: np.ndarray, *, seed: int, kernel_size: float = 4, max_dist: float = 200,
+                ratio: float = 0.2, reference_size: int | None = 250) -> np.ndarray:
+    """Quickshift superpixels of the visible cell: (H, W) ids 0..k-1.
+
+    Seed 003's settings (kernel 4, max_dist 200, ratio 0.2) are in pixels of its 250 px crops,
+    where they give about 43 superpixels a cell; kernel_size and max_dist are scaled by
+    side / `reference_size` (kernel at least 1, quickshift's minimum) so a 48 px cell is cut
+    as finely as the seed's (a kernel of 4 there leaves 1-3 superpixels). None: unscaled.
+    """
+    from skimage.segmentation import quickshift
+
+    scale = 1.0 if reference_size is None else max(image.shape[:2]) / reference_size
+    labels = quickshift(composite(image), kernel_size=max(1.0, kernel_size * scale), max_dist=max_dist * scale,
+                        ratio=ratio, rng=seed)
+    return np.unique(labels, return_inverse=True)[1].reshape(labels.shape)
+
+
+def lime_explain(model, image: np.ndarray, *, seed: int, num_samples: int = 300, fill: float = 0.0,
+                 batch_size: int = BATCH_SIZE, segmentation: dict | None = None) -> LimeExplanation:
+    """LIME explanation of the class the model predicts for `image` (H, W, C float32 in [0, 1]).
+
+    `num_samples` perturbations hide random superpixels (every channel set to `fill`) and go
+    through the model `batch_size` at a time; `seed` fixes the segmentation and the sampling.
+    """
+    from lime import lime_image
+
+    image = np.asarray(image, dtype=np.float32)
+    scores = class_scores(model, image[None])[0]
+    label = int(scores.argmax())
+    segments = superpixels(image, seed=seed, **(segmentation or {}))
+    explainer = lime_image.LimeImageExplainer(random_state=seed)
+    found = explainer.explain_instance(
+        image,
+        lambda batch: class_scores(model, batch, batch_size=batch_size),
+        labels=(label,),
+        top_labels=None,  # LIME's default (5) would explain the top classes, not ours
+        hide_color=fill,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        segmentation_fn=lambda _: segments,
+    )
+    weights = np.zeros(int(segments.max()) + 1)
+    for segment, weight in found.local_exp[label]:
+        weights[segment] = weight
+    return LimeExplanation(label, float(scores[label]), segments, weights, float(found.intercept[label]),
+                           float(found.score))
+
+
+def lime_overlay(image: np.ndarray, expl: LimeExplanation, alpha: float = 0.4, outline: int = 5) -> np.ndarray:
+    """`overlay` of LIME's positive weights, the `outline` top superpixels outlined in yellow."""
+    from skimage.segmentation import find_boundaries
+
+    out = overlay(image, expl.heat(), alpha)
+    top = np.isin(expl.segments, expl.ranking()[:outline][expl.weights[expl.ranking()[:outline]] > 0])
+    out[find_boundaries(np.where(top, expl.segments, -1), mode="inner") & top] = (255, 255, 0)
+    return out
+
+
+# ------------------------------------------------------------------ sufficiency
+
+
+def keep_superpixels(image: np.ndarray, segments: np.ndarray, keep, fill: float = 0.0) -> np.ndarray:
+    """`image` with every superpixel not in `keep` set to `fill` in every channel."""
+    out = np.array(image, dtype=np.float32, copy=True)
+    out[~np.isin(segments, np.asarray(keep, dtype=int))] = fill
+    return out
+
+
+def sufficiency(model, images: np.ndarray, labels, explanations, ns, *, class_names, seed: int,
+                fill: float = 0.0, batch_size: int = BATCH_SIZE) -> pd.DataFrame:
+    """Accuracy when only n superpixels of each image are kept, for every n in `ns`.
+
+    method `lime`: the n with the largest LIME weight for the predicted class; `random`: n drawn
+    at random (one seeded permutation per image, so the sets grow with n); `full image`: nothing
+    hidden, the reference. The same images enter every n: an image with fewer than n
+    superpixels keeps all of them. One row per method, n and class (true label; OVERALL = every
+    image): images, accuracy, kept_prediction (same class as on the full image), kept (mean
+    fraction of superpixels kept).
+    """
+    labels = np.asarray(labels, dtype=int)
+    predicted = np.array([e.label for e in explanations])
+    rng = np.random.default_rng(seed)
+    orders = {"lime": [e.ranking() for e in explanations],
+              "random": [rng.permutation(len(e.weights)) for e in explanations]}
+    rows = []
+    for n in ns:
+        rows.append(("full image", n, np.ones(len(labels)), predicted))
+        for method, order in orders.items():
+            kept = [keep_superpixels(img, e.segments, o[:n], fill) for img, e, o in zip(images, explanations, order)]
+            pred = class_scores(model, np.stack(kept), batch_size=batch_size).argmax(axis=1)
+            rows.append((method, n, np.array([min(n, len(o)) / len(o) for o in order]), pred))
+    names = np.asarray(class_names, dtype=object)
+    out = []
+    for method, n, fraction, pred in rows:
+        for name, sel in [(OVERALL, np.ones(len(labels), bool)), *((names[c], labels == c) for c in np.unique(labels))]:
+            out.append({"method": method, "n": int(n), "class": name, "images": int(sel.sum()),
+                        "accuracy": float((pred[sel] == labels[sel]).mean()),
+                        "kept_prediction": float((pred[sel] == predicted[sel]).mean()),
+                        "kept": float(fraction[sel].mean())})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+# ------------------------------------------------------------------ which cells, which model
+
+KINDS = ("correct", "misclassified")
+
+
+def choose_cells(images: pd.DataFrame, *, splits, per_group: int, seed: int, by_kind: bool = True) -> pd.DataFrame:
+    """A seeded sample of `per_group` cells per true class (and per kind, correct or misclassified)
+    from evaluate's per-image predictions of `splits`; fewer where a group has fewer."""
+    pool = images[images["split"].isin(list(splits))].sort_values(["split", "image_id"])
+    pool = pool.assign(kind=np.where(pool["predicted"] == pool["label_index"], KINDS[0], KINDS[1]))
+    groups = ["label_index", "kind"] if by_kind else ["label_index"]
+    picked = [g.sample(n=min(per_group, len(g)), random_state=seed) for _, g in pool.groupby(groups, sort=True)]
+    if not picked:
+        return pool.iloc[:0]
+    return pd.concat(picked).sort_values([*groups, "image_id"]).reset_index(drop=True)
+
+
+def load_images(records, augmented: pd.DataFrame, image_ids, channels: int) -> dict[str, np.ndarray]:
+    """image_id -> its deterministic record (copy 0: no rotation, mirror or random op) as uint8."""
+    from hemaflow.records import iter_records
+
+    rows = augmented[augmented["image_id"].isin(set(image_ids)) & (augmented["copy"] == 0)
+                     & (augmented["rotation"] == 0) & ~augmented["mirror"]]
+    wanted = dict(zip(rows["aug_id"], rows["image_id"]))
+    found = {wanted[aug_id]: img for img, _, aug_id in iter_records(records, channels) if aug_id in wanted}
+    missing = sorted(set(image_ids) - set(found))
+    if missing:
+        raise ValueError(f"{len(missing)} images to explain (e.g. {missing[0]}) have no deterministic record in "
+                         "the shards given: shards and augmented.parquet are from different runs; rerun augment")
+    return found
+
+
+def best_explainable(metrics: dict, candidates) -> str:
+    """The leaderboard's best (metrics.json `best`) if it can be explained, else the best of `candidates`
+    by the ranking metric (the SVM baseline has no gradients and no image input)."""
+    candidates = list(candidates)
+    if metrics["best"] in candidates:
+        return metrics["best"]
+    key = f"val_{metrics['rank_by']}"
+
+    def rank(combo):
+        value = metrics["combos"].get(combo, {}).get(key)
+        return (value is None, -(value or 0.0), combo)  # missing figures last, ties by id
+
+    ranked = sorted(candidates, key=rank)
+    if not ranked:
+        raise ValueError("no CNN combination to explain: train.grid.model is empty or only the SVM was trained")
+    return ranked[0]
+
+
+# ------------------------------------------------------------------ the pipeline's explain step
+
+
+def explain_model(model, predictions: pd.DataFrame, images: dict[str, np.ndarray], *, combo: str, class_names,
+                  settings: dict, seed: int, out: dict) -> dict:
+    """Explain a seeded sample of cells and run the sufficiency test; write the files named in `out`.
+
+    predictions: evaluate's per-image table; images: image_id -> deterministic record (uint8)
+    for every cell `sample_cells` picks. `settings` is params.yaml's `explain` section; `out`
+    has keys overlays (directory), cells, sufficiency, plot, summary. Returns the summary.
+    """
+    from hemaflow import plots  # matplotlib only here: the API above works without it
+
+    gallery, tested = sample_cells(predictions, settings, seed)
+    ids = list(dict.fromkeys([*gallery["image_id"], *tested["image_id"]]))
+    x = np.stack([images[i] for i in ids]).astype(np.float32) / 255.0 if ids else np.zeros((0, 1, 1, 1), np.float32)
+    index = {image_id: k for k, image_id in enumerate(ids)}
+    lime_args = dict(seed=seed, num_samples=settings["num_samples"], fill=settings["fill"],
+                     batch_size=settings["batch_size"], segmentation=settings["segmentation"])
+    started = time.perf_counter()
+    lime = {i: lime_explain(model, x[index[i]], **lime_args) for i in ids}
+    lime_seconds = time.perf_counter() - started
+    g = np.array([index[i] for i in gallery["image_id"]], dtype=int)
+    started = time.perf_counter()
+    heat = gradcam(model, x[g], np.array([lime[i].label for i in gallery["image_id"]])) if len(g) else []
+    gradcam_seconds = time.perf_counter() - started
+
+    names = np.asarray(class_names, dtype=object)
+    overlays = Path(out["overlays"])
+    rows = []
+    for k, cell in enumerate(gallery.itertuples(index=False)):
+        e, img = lime[cell.image_id], x[index[cell.image_id]]
+        png = overlays / str(cell.label) / cell.kind / f"{cell.image_id}.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        title = (f"true: {cell.label} · predicted: {names[e.label]} (p = {e.probability:.2f}) · "
+                 f"{cell.split}, {cell.kind}")
+        plots.explanation_panel(overlay(img, np.zeros(img.shape[:2]), 0.0), overlay(img, heat[k]),
+                                lime_overlay(img, e), title, png)
+        rows.append({"image_id": cell.image_id, "split": cell.split, "patient_id": cell.patient_id,
+                     "label": cell.label, "kind": cell.kind, "predicted": names[e.label],
+                     "probability": e.probability, "superpixels": len(e.weights), "lime_r2": e.r2,
+                     "overlay": str(png.relative_to(overlays))})  # fmt: skip
+    overlays.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["image_id", "split", "patient_id", "label", "kind", "predicted", "probability",
+                                "superpixels", "lime_r2", "overlay"]).to_csv(out["cells"], index=False)
+
+    t = [index[i] for i in tested["image_id"]]
+    table = sufficiency(model, x[t], tested["label_index"].to_numpy(), [lime[i] for i in tested["image_id"]],
+                        settings["sufficiency"]["n"], class_names=class_names, seed=seed, fill=settings["fill"],
+                        batch_size=settings["batch_size"])
+    table.to_csv(out["sufficiency"], index=False)
+    plots.sufficiency_curves(table, out["plot"])
+    summary = {
+        "combo": combo, "cells_explained": len(ids), "gallery": len(gallery), "sufficiency_cells": len(tested),
+        "mean_superpixels": float(np.mean([len(e.weights) for e in lime.values()])) if ids else None,
+        "lime_seconds_per_image": lime_seconds / max(len(ids), 1),
+        "gradcam_seconds_per_image": gradcam_seconds / max(len(g), 1),
+        "fill": settings["fill"], "seed": seed,
+    }
+    Path(out["summary"]).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def sample_cells(predictions: pd.DataFrame, settings: dict, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The gallery (cells per class and kind) and the sufficiency sample (cells per class, whatever
+    the prediction, so its accuracies are not set by the sampling) from params.yaml's `explain`."""
+    if not predictions["split"].isin(settings["splits"]).any():
+        raise ValueError(f"explain.splits {settings['splits']}: the predictions have no cell in these splits; "
+                         f"use some of {sorted(set(predictions['split']))}")
+    gallery = choose_cells(predictions, splits=settings["splits"], per_group=settings["cells"], seed=seed)
+    tested = choose_cells(predictions, splits=settings["splits"], per_group=settings["sufficiency"]["cells"],
+                          seed=seed, by_kind=False)
+    return gallery, tested

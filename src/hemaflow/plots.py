@@ -123,3 +123,33 @@ def leaderboard_chart(board: pd.DataFrame, rank_by: str, out_png) -> Figure:
         ax.set(xlabel=rank_by, xlim=(0, 1), title=f"leaderboard (ranked by val {rank_by})")
         ax.legend(loc="lower right")
     return fig
+
+
+def explanation_panel(cell, gradcam, lime, title: str, out_png) -> None:
+    """One explained cell: the cell as the model sees it, its Grad-CAM and LIME overlays (RGB uint8)."""
+    with _figure(out_png, ncols=3, figsize=(7.2, 2.9)) as (fig, axes):
+        for ax, img, name in zip(axes, (cell, gradcam, lime), ("cell", "Grad-CAM", "LIME (top superpixels outlined)")):
+            ax.imshow(img, interpolation="nearest")
+            ax.set_title(name, fontsize="small")
+            ax.axis("off")
+        fig.suptitle(title, fontsize="medium")
+
+
+def sufficiency_curves(table: pd.DataFrame, out_png) -> None:
+    """Accuracy vs superpixels kept, LIME's top n against n random ones and the full image, per class."""
+    groups = list(dict.fromkeys(table["class"]))
+    styles = {"lime": dict(marker="o"), "random": dict(marker="s", linestyle="--"),
+              "full image": dict(color="grey", linestyle=":")}
+    with _figure(out_png, ncols=len(groups), figsize=(1.0 + 3.4 * len(groups), 3.8), squeeze=False) as (fig, axes):
+        for ax, group in zip(axes[0], groups):
+            sub = table[table["class"] == group]
+            for method, style in styles.items():
+                line = sub[sub["method"] == method].sort_values("n")
+                ax.plot(line["n"], line["accuracy"], label=method if method != "lime" else "LIME top n", **style)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted(set(sub["n"])), [str(n) for n in sorted(set(sub["n"]))])
+            ax.minorticks_off()
+            ax.set(xlabel="superpixels kept (n)", ylim=(-0.03, 1.03),
+                   title=f"{group} ({int(sub['images'].iloc[0]) if len(sub) else 0} cells)")
+        axes[0][0].set_ylabel("accuracy")
+        axes[0][0].legend(loc="lower right", fontsize="small")

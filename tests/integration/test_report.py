@@ -22,7 +22,7 @@ def test_report_renders_with_every_category(chromium, report, tmp_path):
     dom = dump_dom(report, budget_ms=10_000)
     # Built by the report's JavaScript: present only if it ran offline.
     assert ">Workflow<" in dom and "<nav" in dom
-    for category in ("Data", "Training", "Evaluation", "Leaderboard"):
+    for category in ("Data", "Training", "Evaluation", "Leaderboard", "Explanations"):
         assert f">{category}<" in dom, category
     assert not is_blank(screenshot(report, tmp_path / "report.png"))
 
@@ -38,3 +38,12 @@ def test_report_embeds_leaderboard_figures_and_captions(report, params):
     for combo in combos(params["train"], params["seed"]):
         assert f"results/models/{combo}/curves.png" in html, combo
     assert "ranked by the validation metric" in html  # workflow/report/leaderboard.rst, the caption
+
+
+def test_report_embeds_the_explanations_of_the_best_model(report, pipeline):
+    html = report.read_text()
+    assert "results/explain/best/sufficiency.png" in html and "results/explain/best/sufficiency.csv" in html
+    overlays = sorted((pipeline / "results/explain/best/overlays").rglob("*.png"))
+    assert overlays and all(str(p.relative_to(pipeline)) in html for p in overlays)
+    assert "What it does not show" in html  # workflow/report/sufficiency.rst
+    assert "explained for the class" in html  # workflow/report/explain_overlay.rst, per cell

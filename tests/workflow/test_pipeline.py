@@ -9,6 +9,7 @@ import shutil
 import pandas as pd
 import pytest
 
+from hemaflow.explain import best_explainable
 from hemaflow.grid import combos
 
 from harness import copy_repo, planned_jobs, snakemake, write_override
@@ -46,6 +47,31 @@ def test_leaderboard_has_every_combination_and_the_best_is_well_above_chance(pip
     assert metrics["test"]["balanced_accuracy"] >= 0.85, metrics["test"]
 
 
+def test_default_run_explains_the_best_cnn_on_the_same_cells_for_every_n(pipeline, params):
+    head = json.loads((pipeline / "results/reports/metrics.json").read_text())
+    out = pipeline / "results/explain/best"
+    summary = json.loads((out / "summary.json").read_text())
+    cnns = list(combos(params["train"], params["seed"]))
+    assert summary["combo"] == (head["best"] if head["best"] in cnns else best_explainable(head, cnns))
+    cells = pd.read_csv(out / "cells.csv")
+    truth = pd.read_parquet(pipeline / f"results/evaluation/{summary['combo']}/predictions.parquet").set_index("image_id")
+    assert set(cells["split"]) <= set(params["explain"]["splits"])
+    assert (cells.groupby(["label", "kind"]).size() <= params["explain"]["cells"]).all()
+    assert (cells["label"] == truth.loc[cells["image_id"], "label"].to_numpy()).all()
+    # the explained class is the one evaluate predicted for that very record
+    assert (cells["predicted"] == truth.loc[cells["image_id"], "predicted_label"].to_numpy()).all()
+    assert all((out / "overlays" / rel).is_file() for rel in cells["overlay"])
+    assert cells["superpixels"].min() >= 5  # quickshift scaled to 48 px, not the 1-3 of an unscaled kernel
+    table = pd.read_csv(out / "sufficiency.csv")
+    assert set(table["n"]) == set(params["explain"]["sufficiency"]["n"])
+    assert table.groupby("class")["images"].nunique().eq(1).all()  # the same cells at every n
+
+
+def test_explain_is_in_the_default_plan_of_a_fresh_clone(tool_env, tmp_path):
+    fresh = copy_repo(tmp_path, tool_env)
+    assert planned_jobs(fresh, tool_env).get("explain") == 1
+
+
 def test_rerun_with_nothing_changed_does_no_work(pipeline, tool_env):
     assert planned_jobs(pipeline, tool_env) == {}
 
@@ -66,7 +92,7 @@ def test_changing_one_learning_rate_reruns_only_its_combinations(pipeline, param
     override = write_override(tmp_path, "new_lr.yaml", {"train": {"grid": grid}})
     jobs = planned_jobs(pipeline, tool_env, "--configfile", override)
     new = len(combos({**params["train"], "grid": grid}, params["seed"])) // len(grid["lr"])
-    assert jobs == {"train": new, "evaluate": new, "leaderboard": 1}
+    assert jobs == {"train": new, "evaluate": new, "leaderboard": 1, "explain": 1}  # the best may change
 
 
 def test_editing_library_code_reruns_only_the_jobs_that_run_it(pipeline, params, tool_env, tmp_path):
@@ -74,11 +100,11 @@ def test_editing_library_code_reruns_only_the_jobs_that_run_it(pipeline, params,
     work = shutil.copytree(pipeline, tmp_path / "work", symlinks=True)
     with open(work / "src/hemaflow/leaderboard.py", "a") as f:
         f.write("# edited\n")
-    assert planned_jobs(work, tool_env) == {"leaderboard": 1}
+    assert planned_jobs(work, tool_env) == {"leaderboard": 1, "explain": 1}  # explain reads the new best
     with open(work / "src/hemaflow/schedules.py", "a") as f:  # imported by CNN training, not the SVM's
         f.write("# edited\n")
     n_models = len(combos(params["train"], params["seed"]))
-    assert planned_jobs(work, tool_env) == {"train": n_models, "evaluate": n_models, "leaderboard": 1}
+    assert planned_jobs(work, tool_env) == {"train": n_models, "evaluate": n_models, "leaderboard": 1, "explain": 1}
 
 
 def _digest(paths):

@@ -39,6 +39,9 @@ COMBOS = combos(config["train"], config["seed"])
 PATIENT_SHEET = config["data"]["patient_sheet"]
 check_patient_sheet(COMBOS, PATIENT_SHEET)
 BASELINE = "svm_rbf"
+BEST = "best"  # results/explain/best/: the leaderboard's best CNN (workflow/rules/explain.smk)
+# Combinations whose only input is the image: what explanations and `hemaflow predict` take.
+IMAGE_COMBOS = [c for c, params in COMBOS.items() if not is_fused(params)]
 MODEL_IDS = list(COMBOS) + ([BASELINE] if config["train"]["baseline_svm"] else [])
 
 SOURCES = "results/manifests/sources.parquet"
@@ -178,3 +181,28 @@ def trained_models():
 def evaluation_reports():
     """Per-combination evaluation and the leaderboard (DVC stage `evaluate`)."""
     return ["results/reports/leaderboard.csv", "results/reports/metrics.json"]
+
+
+def explanations():
+    """Overlays and the sufficiency test of the leaderboard's best CNN (DVC stage `explain`)."""
+    return [f"results/explain/{BEST}/{name}" for name in ("overlays", "cells.csv", "sufficiency.png", "summary.json")]
+
+
+def explain_inputs(wildcards):
+    """The combination's model and predictions; for `best`, every CNN's and the leaderboard (the
+    script reads the best from metrics.json)."""
+    ids = explained_combos(wildcards)
+    inputs = {
+        "models": [model_file(c) for c in ids],
+        "predictions": [f"results/evaluation/{c}/predictions.parquet" for c in ids],
+        "records": [r for split in config["explain"]["splits"] for r in shard_records(split)],
+        "augmented": AUGMENTED,
+        "classes": CLASSES,
+    }
+    if wildcards.combo == BEST:
+        inputs["metrics"] = "results/reports/metrics.json"
+    return inputs
+
+
+def explained_combos(wildcards):
+    return list(IMAGE_COMBOS) if wildcards.combo == BEST else [wildcards.combo]
