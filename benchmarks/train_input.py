@@ -28,6 +28,7 @@ from hemaflow.records import encode_example, write_records  # noqa: E402
 
 PER_SHARD = 1000
 BATCH = 64
+VAL = 500  # validation images of the memory runs
 
 
 def nucleus(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
@@ -94,8 +95,8 @@ def throughput(model_name: str, size: int, n: int, rounds: int, tmp: Path) -> No
     print(f"    shards / memory = {rate['shards'] / rate['memory']:.2f}  (goal >= 0.9)")
 
 
-def train_child(model_name: str, size: int, root: str) -> None:
-    """Run in a child process: one train_combo run of 2 epochs on the shards under root."""
+def train_child(model_name: str, size: int, root: str, n: int) -> None:
+    """Run in a child process: one train_combo run of 2 epochs on the n images under root."""
     from hemaflow.train import train_combo
 
     tmp = Path(root)
@@ -104,6 +105,7 @@ def train_child(model_name: str, size: int, root: str) -> None:
              "dropout": 0.25}  # fmt: skip
     train_combo(
         combo, train_records=train, val_records=val, channels=4, size=size, n_classes=2, max_epochs=2, patience=5,
+        class_counts={0: n - n // 2, 1: n // 2}, n_val=VAL,  # write_shards labels image i with i % 2
         cyclic={"step_size": 4, "scale": 4, "start_at": "max"}, seed=0, out_dir=tmp / "model",
     )  # fmt: skip
 
@@ -112,9 +114,9 @@ def peak_rss(model_name: str, size: int, sizes: list[int], tmp: Path) -> None:
     peaks = {}
     for n in sizes:
         write_shards(tmp / f"rss{n}" / "train", n, size, seed=1)
-        write_shards(tmp / f"rss{n}" / "val", 500, size, seed=2)
+        write_shards(tmp / f"rss{n}" / "val", VAL, size, seed=2)
         cmd = [sys.executable, __file__, "--child", "--model", model_name, "--size", str(size),
-               "--root", str(tmp / f"rss{n}")]  # fmt: skip
+               "--root", str(tmp / f"rss{n}"), "--images", str(n)]  # fmt: skip
         t = time.perf_counter()
         child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # wait4 gives this child's own rusage (RUSAGE_CHILDREN would be the max over all children).
@@ -139,7 +141,7 @@ def main() -> None:
     ap.add_argument("--root", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        train_child(args.model, args.size, args.root)
+        train_child(args.model, args.size, args.root, args.images)
         return
     with tempfile.TemporaryDirectory() as tmp:
         throughput(args.model, args.size, args.images, args.rounds, Path(tmp))

@@ -48,6 +48,10 @@ def aug_id(image_id: str, rotation_index: int, mirror: bool, copy: int) -> str:
     return f"{image_id}-r{rotation_index:03d}-m{int(mirror)}-c{copy}"
 
 
+# How every deterministic (unaugmented) copy's aug_id ends: rotation 0, not mirrored, copy 0.
+DETERMINISTIC_SUFFIX = aug_id("", 0, False, 0)
+
+
 def variants(
     image_id: str,
     *,

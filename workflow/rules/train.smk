@@ -3,6 +3,7 @@ rule train:
         train=shard_records("train"),
         val=shard_records("val"),
         manifests=shard_manifests("train"),
+        val_manifests=shard_manifests("val"),
         sources=SOURCES,
     output:
         model="results/models/{combo}/model.keras",
@@ -36,17 +37,19 @@ rule train:
 
 rule train_baseline:
     input:
-        train=shard_records("train"),
+        **{split: shard_records(split) for split in SPLITS},
         sources=SOURCES,
     output:
         model=f"results/models/{BASELINE}/model.joblib",
         info=f"results/models/{BASELINE}/train.json",
+        features=expand(BASELINE_FEATURES, split=SPLITS),
     log:
         f"results/logs/train/{BASELINE}.log",
     benchmark:
         f"results/benchmarks/train/{BASELINE}.tsv"
     params:
         library_code=library_code("train_baseline.py"),
+        splits=SPLITS,
         channels=channels(),
         class_weight=config["train"].get("class_weight", "none"),
         seed=config["seed"],

@@ -11,19 +11,26 @@ import pandas as pd
 from hemaflow.evaluate import evaluate_predictions, predict, predict_baseline
 from hemaflow.manifest import read_manifest
 
-records = list(snakemake.input.records)
 sources = read_manifest(snakemake.input.sources, "sources")
 classes = sources[sources["label_index"] >= 0].drop_duplicates("label_index").sort_values("label_index")
 if snakemake.params.baseline:
     import joblib
 
-    pred = predict_baseline(
-        joblib.load(snakemake.input.model), records, channels=snakemake.params.channels, n_classes=len(classes)
-    )
+    features = pd.concat([pd.read_parquet(p) for p in snakemake.input.features], ignore_index=True)
+    pred = predict_baseline(joblib.load(snakemake.input.model), features, n_classes=len(classes))
 else:
     import keras
 
-    pred = predict(keras.models.load_model(snakemake.input.model), records, channels=snakemake.params.channels)
+    model = keras.models.load_model(snakemake.input.model)
+    channels = snakemake.params.channels
+    # The train split is scored on its deterministic copies, val and test on every record.
+    pred = pd.concat(
+        [
+            predict(model, list(snakemake.input.train_records), channels=channels, deterministic_only=True),
+            predict(model, list(snakemake.input.records), channels=channels),
+        ],
+        ignore_index=True,
+    )
 
 evaluate_predictions(
     pred,

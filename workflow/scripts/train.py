@@ -14,7 +14,9 @@ tf.config.threading.set_intra_op_parallelism_threads(snakemake.threads)
 tf.config.threading.set_inter_op_parallelism_threads(snakemake.threads)
 
 sources = read_manifest(snakemake.input.sources, "sources")
+# Counts from the shard manifests: counting the records would read every one of them.
 train_rows = pd.concat([pd.read_parquet(p, columns=["label_index"]) for p in snakemake.input.manifests])
+n_val = sum(len(pd.read_parquet(p, columns=["index"])) for p in snakemake.input.val_manifests)
 s = snakemake.params.settings
 train_combo(
     snakemake.params.combo,
@@ -26,8 +28,9 @@ train_combo(
     max_epochs=s["max_epochs"],
     patience=s["patience"],
     cyclic=s["cyclic"],
-    class_weight=s.get("class_weight", "none"),
     class_counts=train_rows["label_index"].value_counts().to_dict(),
+    n_val=n_val,
+    class_weight=s.get("class_weight", "none"),
     seed=snakemake.params.seed,
     out_dir=snakemake.output.model.rsplit("/", 1)[0],
     history_path=snakemake.output.history,
