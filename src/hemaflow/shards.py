@@ -25,8 +25,9 @@ from hemaflow.records import encode_example, write_records
 # augment_params keys that shape the variants (`fill` goes to rendering).
 VARIANT_KEYS = ("rotations", "mirror", "random_copies", "flip", "shift", "zoom", "shear")
 # Prepared pixels of the sources held at once while a shard is written in shuffled order
-# (one block). A 450 px C-NMC nucleus prepared for k = 256 takes ~0.5 MB, so a block holds
-# several hundred cells: tens of thousands of records to shuffle at a bounded cost.
+# (one block). A prepared 450 px nucleus on black takes 0.1-0.2 MB (alpha keeps only the
+# cell's window), a 450 px natural-background image 0.6 MB: a block holds ~400-2,000
+# sources, i.e. 30,000-140,000 records to shuffle at 72 copies each, at a bounded cost.
 BLOCK_BYTES = 256 * 2**20
 # Outputs rendered together (in write order) to share the per-call costs; a few MB at k = 256.
 RENDER_CHUNK = 64
