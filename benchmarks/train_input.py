@@ -89,7 +89,8 @@ def throughput(model_name: str, size: int, n: int, rounds: int, per_shard: int, 
     # Best epoch of each arm: load from other processes on a shared machine only ever slows an
     # epoch down (epochs here swing between two speeds, 785 and ~1300 images/s, even in-memory).
     rate = {arm: n / min(s) for arm, s in seconds.items()}
-    print(f"(a) {model_name} {size}x{size}x4, batch {BATCH}, {n} images in {len(records)} shards, best of {rounds} epochs each")
+    shards = f"{n} images in {len(records)} shards"
+    print(f"(a) {model_name} {size}x{size}x4, batch {BATCH}, {shards}, best of {rounds} epochs each")
     for arm in arms:
         print(f"    {arm:7s} {rate[arm]:8.0f} images/s")
     print(f"    shards / memory = {rate['shards'] / rate['memory']:.2f}  (goal >= 0.9)")

@@ -76,9 +76,10 @@ def deterministic_copies(ds):
     tf = _tf()
     spec = {"aug_id": tf.io.FixedLenFeature([], tf.string)}
     n = len(DETERMINISTIC_SUFFIX)
-    return ds.filter(
-        lambda raw: tf.equal(tf.strings.substr(tf.io.parse_single_example(raw, spec)["aug_id"], -n, n), DETERMINISTIC_SUFFIX)
-    )
+    def keep(raw):
+        return tf.equal(tf.strings.substr(tf.io.parse_single_example(raw, spec)["aug_id"], -n, n), DETERMINISTIC_SUFFIX)
+
+    return ds.filter(keep)
 
 
 def iter_records(
