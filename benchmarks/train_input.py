@@ -6,7 +6,7 @@
 (b) peak RSS of a whole train_combo run (2 epochs) in a child process at two data sizes
     (goal: flat, i.e. memory does not grow with the number of images).
 
-    python benchmarks/train_input.py [--model model_2] [--size 48] [--images 2000] [--sizes 2000 8000]
+    python benchmarks/train_input.py [--model model_2] [--size 48] [--images 2000] [--per-shard 1000] [--sizes 2000 8000]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from hemaflow.records import encode_example, write_records  # noqa: E402
 
 PER_SHARD = 1000
 BATCH = 64
+VAL = 500  # validation images of the memory runs
 
 
 def nucleus(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
@@ -41,21 +42,21 @@ def nucleus(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
     return img
 
 
-def write_shards(root: Path, n: int, size: int, seed: int) -> list[Path]:
+def write_shards(root: Path, n: int, size: int, seed: int, per_shard: int = PER_SHARD) -> list[Path]:
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     paths = []
-    for s in range(0, n, PER_SHARD):
+    for s in range(0, n, per_shard):
         examples = []
-        for i in range(s, min(n, s + PER_SHARD)):
+        for i in range(s, min(n, s + per_shard)):
             png = cv2.imencode(".png", nucleus(rng, size, i % 2))[1].tobytes()
             examples.append(encode_example(png, i % 2, f"img{i:06d}"))
-        paths.append(root / f"{s // PER_SHARD:03d}.tfrecord")
+        paths.append(root / f"{s // per_shard:03d}.tfrecord")
         write_records(paths[-1], examples)
     return paths
 
 
-def throughput(model_name: str, size: int, n: int, rounds: int, tmp: Path) -> None:
+def throughput(model_name: str, size: int, n: int, rounds: int, per_shard: int, tmp: Path) -> None:
     import keras
     import tensorflow as tf
 
@@ -63,7 +64,7 @@ def throughput(model_name: str, size: int, n: int, rounds: int, tmp: Path) -> No
     from hemaflow.models import build_model
     from hemaflow.records import iter_records
 
-    records = write_shards(tmp / "a", n, size, seed=0)
+    records = write_shards(tmp / "a", n, size, seed=0, per_shard=per_shard)
     decoded = list(iter_records(records, channels=4))
     x = np.stack([img for img, _, _ in decoded]).astype(np.float32) / 255.0
     y = np.array([[label] for _, label, _ in decoded], np.float32)
@@ -88,14 +89,15 @@ def throughput(model_name: str, size: int, n: int, rounds: int, tmp: Path) -> No
     # Best epoch of each arm: load from other processes on a shared machine only ever slows an
     # epoch down (epochs here swing between two speeds, 785 and ~1300 images/s, even in-memory).
     rate = {arm: n / min(s) for arm, s in seconds.items()}
-    print(f"(a) {model_name} {size}x{size}x4, batch {BATCH}, {n} images, best of {rounds} epochs each")
+    shards = f"{n} images in {len(records)} shards"
+    print(f"(a) {model_name} {size}x{size}x4, batch {BATCH}, {shards}, best of {rounds} epochs each")
     for arm in arms:
         print(f"    {arm:7s} {rate[arm]:8.0f} images/s")
     print(f"    shards / memory = {rate['shards'] / rate['memory']:.2f}  (goal >= 0.9)")
 
 
-def train_child(model_name: str, size: int, root: str) -> None:
-    """Run in a child process: one train_combo run of 2 epochs on the shards under root."""
+def train_child(model_name: str, size: int, root: str, n: int) -> None:
+    """Run in a child process: one train_combo run of 2 epochs on the n images under root."""
     from hemaflow.train import train_combo
 
     tmp = Path(root)
@@ -104,6 +106,7 @@ def train_child(model_name: str, size: int, root: str) -> None:
              "dropout": 0.25}  # fmt: skip
     train_combo(
         combo, train_records=train, val_records=val, channels=4, size=size, n_classes=2, max_epochs=2, patience=5,
+        class_counts={0: n - n // 2, 1: n // 2}, n_val=VAL,  # write_shards labels image i with i % 2
         cyclic={"step_size": 4, "scale": 4, "start_at": "max"}, seed=0, out_dir=tmp / "model",
     )  # fmt: skip
 
@@ -112,9 +115,9 @@ def peak_rss(model_name: str, size: int, sizes: list[int], tmp: Path) -> None:
     peaks = {}
     for n in sizes:
         write_shards(tmp / f"rss{n}" / "train", n, size, seed=1)
-        write_shards(tmp / f"rss{n}" / "val", 500, size, seed=2)
+        write_shards(tmp / f"rss{n}" / "val", VAL, size, seed=2)
         cmd = [sys.executable, __file__, "--child", "--model", model_name, "--size", str(size),
-               "--root", str(tmp / f"rss{n}")]  # fmt: skip
+               "--root", str(tmp / f"rss{n}"), "--images", str(n)]  # fmt: skip
         t = time.perf_counter()
         child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # wait4 gives this child's own rusage (RUSAGE_CHILDREN would be the max over all children).
@@ -134,15 +137,16 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=48)
     ap.add_argument("--images", type=int, default=2000, help="images for the throughput comparison")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--per-shard", type=int, default=PER_SHARD, help="images per shard file for (a)")
     ap.add_argument("--sizes", type=int, nargs=2, default=[2000, 8000], help="data sizes for peak RSS")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        train_child(args.model, args.size, args.root)
+        train_child(args.model, args.size, args.root, args.images)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        throughput(args.model, args.size, args.images, args.rounds, Path(tmp))
+        throughput(args.model, args.size, args.images, args.rounds, args.per_shard, Path(tmp))
         peak_rss(args.model, args.size, args.sizes, Path(tmp))
 
 

@@ -1,9 +1,14 @@
 """Classical baseline from seed 000's literature review: shape, GLCM texture and colour
 features of the cell (scikit-image) into an RBF SVM (scikit-learn).
 
-`evaluate.predict_baseline` turns its probabilities into the prediction table every model
-gives, so it is scored and ranked like any model. The fitted pipeline is stored with skops,
-which rebuilds objects from an allow-list instead of running pickle code on load.
+It is fit and scored on the deterministic (unaugmented) copy of each cell only: rotated and
+mirrored copies add nothing to rotation-averaged features but rows (about 500k at seed
+000's scale, where an RBF SVM's fit is quadratic or worse). The features of each split are
+computed once (`featurize_split`, by the train_baseline job) and read back by evaluate;
+`evaluate.predict_baseline` turns the SVM's probabilities into the prediction table every
+model gives, so it is scored and ranked like any model.
+The fitted pipeline is stored with skops, which rebuilds objects from an allow-list instead
+of running pickle code on load.
 """
 
 from __future__ import annotations
@@ -11,14 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import pandas as pd
 import skops.io as sio
 from skimage import color, feature, filters, measure
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from hemaflow.preprocess import DETERMINISTIC_SUFFIX
 from hemaflow.records import iter_records
 
 SHAPE = ["area", "perimeter", "eccentricity", "solidity", "extent", "axis_major_length", "axis_minor_length"]
@@ -89,32 +96,51 @@ def extract_features(img: np.ndarray) -> np.ndarray:
     return np.concatenate([shape, texture, stats])
 
 
-def featurize_records(records: Iterable, channels: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Stream shards into (features n×F, label indices, aug_ids)."""
+def featurize_split(records: Iterable, channels: int) -> pd.DataFrame:
+    """Features of the deterministic copy of every source image in `records` (one row per
+    image): aug_id, image_id, label_index, then FEATURE_NAMES. Augmented copies are skipped
+    before their PNG is decoded."""
     X, labels, ids = [], [], []
-    for img, label, aug_id in iter_records(records, channels):
+    for img, label, aug_id in iter_records(records, channels, deterministic_only=True):
         X.append(extract_features(img))
         labels.append(label)
         ids.append(aug_id)
-    X = np.vstack(X) if X else np.zeros((0, len(FEATURE_NAMES)))
-    return X, np.asarray(labels, dtype=int), ids
+    frame = pd.DataFrame(np.vstack(X) if X else np.zeros((0, len(FEATURE_NAMES))), columns=FEATURE_NAMES)
+    frame.insert(0, "label_index", np.asarray(labels, dtype=np.int16))
+    frame.insert(0, "image_id", pd.Series([a.removesuffix(DETERMINISTIC_SUFFIX) for a in ids], dtype=str))
+    frame.insert(0, "aug_id", pd.Series(ids, dtype=str))
+    return frame
 
 
-def fit_svm(X: np.ndarray, y: np.ndarray, seed: int, class_weight: str | None = None) -> Pipeline:
+def calibration_folds(y: np.ndarray, groups: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """5 stratified folds that keep all rows of a source image (`groups`) on one side, so
+    Platt scaling is fit on decision values of cells the SVM did not see; `seed` shuffles them."""
+    folds = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=seed)
+    return list(folds.split(np.zeros(len(y)), y, groups))
+
+
+def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, class_weight: str | None = None) -> Pipeline:
     """StandardScaler + RBF SVC with Platt-scaled probabilities, seeded.
 
     Calibrated as `SVC(probability=True)` did (Platt on 5-fold cross-validated decision
-    values, final SVC on all data), through the API scikit-learn 1.9 replaces it with;
-    `seed` shuffles the calibration folds.
+    values, final SVC on all data), through the API scikit-learn 1.9 replaces it with, but
+    on folds grouped by source image (`groups`, see calibration_folds); `seed` shuffles the
+    calibration folds.
 
     `class_weight`: None or "none" (params.yaml spelling), or "balanced" (inverse class frequency).
     """
     if class_weight not in (None, "none", "balanced"):
         raise ValueError(f"train.class_weight must be none or balanced, got {class_weight!r}")
     weight = None if class_weight in (None, "none") else class_weight
-    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)  # the seed's only role
+    folds = calibration_folds(y, groups, seed)  # the seed's only role
     calibrated = CalibratedClassifierCV(SVC(kernel="rbf", class_weight=weight), cv=folds, ensemble=False)
     return make_pipeline(StandardScaler(), calibrated).fit(X, y)
+
+
+def fit_baseline(features: pd.DataFrame, seed: int, class_weight: str | None = None) -> Pipeline:
+    """fit_svm on a featurize_split table (the train split's)."""
+    X = features[FEATURE_NAMES].to_numpy()
+    return fit_svm(X, features["label_index"].to_numpy(int), features["image_id"].to_numpy(), seed, class_weight)
 
 
 def predict_svm(pipe: Pipeline, X: np.ndarray, n_classes: int | None = None) -> np.ndarray:

@@ -9,8 +9,9 @@ import tensorflow as tf
 
 from hemaflow.records import parse_example, to_unit
 
-# Serialized records (a few kB each) held for shuffling; with shard files interleaved in a
-# shuffled order this mixes classes and patients well at a fixed memory cost.
+# Serialized records (a few kB each) held for shuffling. Shards are written in a shuffled
+# order (shards.build_shard) and read one record from each shard of the split in turn, so
+# this buffer mixes records of many shards at a fixed memory cost.
 SHUFFLE_BUFFER = 2048
 
 
@@ -39,7 +40,7 @@ def make_dataset(
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(
         tf.data.TFRecordDataset,
-        cycle_length=min(len(files), 4),
+        cycle_length=len(files),  # every shard: consecutive records come from different cells
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )

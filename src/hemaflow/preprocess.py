@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -45,6 +46,10 @@ IDENTITY = {"flip_h": False, "flip_v": False, "shift_x": 0.0, "shift_y": 0.0, "z
 
 def aug_id(image_id: str, rotation_index: int, mirror: bool, copy: int) -> str:
     return f"{image_id}-r{rotation_index:03d}-m{int(mirror)}-c{copy}"
+
+
+# How every deterministic (unaugmented) copy's aug_id ends: rotation 0, not mirrored, copy 0.
+DETERMINISTIC_SUFFIX = aug_id("", 0, False, 0)
 
 
 def variants(
@@ -277,9 +282,25 @@ def median_sharpen(img: np.ndarray) -> np.ndarray:
     return out
 
 
-def render_all(
+@dataclass(frozen=True)
+class Source:
+    """A prepared source and how to render it: what `render_many` needs, nothing decoded twice."""
+
+    prepared: _Prepared
+    alpha: bool
+    size: int
+    pad_square: bool
+    filter: str
+    fill: str
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the prepared pixels (what a block of sources costs, see shards.py)."""
+        return self.prepared.pixels.nbytes
+
+
+def prepare_source(
     rgb: np.ndarray,
-    variant_list: list[dict],
     *,
     background: str = "alpha",
     size: int = 48,
@@ -287,12 +308,9 @@ def render_all(
     pad_square: bool = True,
     filter: str = "none",
     fill: str = "nearest",
-) -> np.ndarray:
-    """Render every variant of one decoded RGB source: n×k×k×4 (alpha) or n×k×k×3 (natural) uint8.
-
-    `fill` applies to random copies of natural images only (alpha's outside is transparent,
-    a natural deterministic copy is padded by reflection).
-    """
+) -> Source:
+    """Check the rendering settings and prepare one decoded RGB source for `render_many`
+    (done once per source, shared by all its variants); keyword arguments as `render_all`."""
     if background not in BACKGROUNDS:
         raise ValueError(f"preprocess.background must be one of {BACKGROUNDS} (got {background!r})")
     if filter not in FILTERS:
@@ -300,19 +318,39 @@ def render_all(
     if fill not in FILLS:
         raise ValueError(f"augment.fill must be one of {tuple(FILLS)} (got {fill!r})")
     src = prepare(rgb, background=background, size=size, crop_to_content=crop_to_content, pad_square=pad_square)
-    alpha = background == "alpha"
-    out = np.empty((len(variant_list), size, size, 4 if alpha else 3), np.uint8)
-    if not len(out):
-        return out
-    for v, dst in zip(variant_list, out):
-        m = variant_matrix(v, src.points, size=size, pad_square=pad_square) @ src.offset
-        border = cv2.BORDER_CONSTANT if alpha else FILLS[fill] if v["copy"] else cv2.BORDER_REFLECT
-        cv2.warpAffine(src.pixels, m[:2], (size, size), dst=dst, flags=cv2.INTER_LINEAR, borderMode=border)
+    return Source(src, background == "alpha", size, pad_square, filter, fill)
+
+
+def render_many(items: Sequence[tuple[Source, dict]]) -> np.ndarray:
+    """Render (prepared source, variant) pairs, sources in any mix and order (all prepared
+    with the same settings): n×k×k×C uint8, each exactly what `render_all` gives that variant."""
+    if not items:
+        return np.empty((0, 0, 0, 0), np.uint8)
+    first = items[0][0]
+    size, alpha = first.size, first.alpha
+    out = np.empty((len(items), size, size, 4 if alpha else 3), np.uint8)
+    for (src, v), dst in zip(items, out):
+        p = src.prepared
+        m = variant_matrix(v, p.points, size=size, pad_square=src.pad_square) @ p.offset
+        border = cv2.BORDER_CONSTANT if alpha else FILLS[src.fill] if v["copy"] else cv2.BORDER_REFLECT
+        cv2.warpAffine(p.pixels, m[:2], (size, size), dst=dst, flags=cv2.INTER_LINEAR, borderMode=border)
     if alpha:  # all outputs stacked as one tall image: one call instead of one per output
         out = binarize_alpha(out.reshape(-1, size, 4)).reshape(out.shape)
-    if filter == "median_sharpen":
+    if first.filter == "median_sharpen":
         out = np.stack([median_sharpen(img) for img in out])
     return out
+
+
+def render_all(rgb: np.ndarray, variant_list: list[dict], **params) -> np.ndarray:
+    """Render every variant of one decoded RGB source: n×k×k×4 (alpha) or n×k×k×3 (natural) uint8.
+
+    Keywords: background ("alpha"), size (48), crop_to_content (True), pad_square (True),
+    filter ("none"), fill ("nearest"). `fill` applies to random copies of natural images
+    only (alpha's outside is transparent, a natural deterministic copy is padded by reflection).
+    """
+    src = prepare_source(rgb, **params)
+    out = render_many([(src, v) for v in variant_list])
+    return out if len(out) else np.empty((0, src.size, src.size, 4 if src.alpha else 3), np.uint8)
 
 
 def render(rgb: np.ndarray, variant: dict, **params) -> np.ndarray:

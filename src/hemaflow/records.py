@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hemaflow.preprocess import DETERMINISTIC_SUFFIX
+
 
 def _tf():
     import tensorflow as tf  # imported lazily: TensorFlow takes seconds to import
@@ -68,10 +70,26 @@ def to_unit(images):
     return tf.cast(images, tf.float32) / 255.0
 
 
-def iter_records(paths: Iterable[str | Path], channels: int) -> Iterator[tuple[np.ndarray, int, str]]:
-    """Eager iteration for small jobs and tests: yields (H×W×C uint8, label, aug_id)."""
+def deterministic_copies(ds):
+    """Keep the serialized records of deterministic copies (rotation 0, no mirror, copy 0),
+    chosen by aug_id before any PNG is decoded: one record per source image."""
+    tf = _tf()
+    spec = {"aug_id": tf.io.FixedLenFeature([], tf.string)}
+    n = len(DETERMINISTIC_SUFFIX)
+    def keep(raw):
+        return tf.equal(tf.strings.substr(tf.io.parse_single_example(raw, spec)["aug_id"], -n, n), DETERMINISTIC_SUFFIX)
+
+    return ds.filter(keep)
+
+
+def iter_records(
+    paths: Iterable[str | Path], channels: int, deterministic_only: bool = False
+) -> Iterator[tuple[np.ndarray, int, str]]:
+    """Eager iteration for small jobs and tests: yields (H×W×C uint8, label, aug_id);
+    `deterministic_only`: one record per source image (see deterministic_copies)."""
     tf = _tf()
     for path in paths:
-        for raw in tf.data.TFRecordDataset(str(path)):
+        ds = tf.data.TFRecordDataset(str(path))
+        for raw in deterministic_copies(ds) if deterministic_only else ds:
             img, label, aug_id = parse_example(raw, channels)
             yield img.numpy(), int(label.numpy()), aug_id.numpy().decode()

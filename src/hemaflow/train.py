@@ -39,8 +39,9 @@ def train_combo(
     max_epochs: int,
     patience: int,
     cyclic: dict,
+    class_counts: dict[int, int],
+    n_val: int,
     class_weight: str = "none",
-    class_counts: dict[int, int] | None = None,
     seed: int,
     out_dir: str | os.PathLike,
     history_path: str | os.PathLike | None = None,
@@ -52,6 +53,8 @@ def train_combo(
     Epochs are numbered from 1 in history.csv and best_epoch, as in Keras' log; the history
     goes to `history_path` (default out_dir/history.csv).
     wall_seconds covers this call only (the last leg of a resumed job).
+    `class_counts` (records per class index in train_records) and `n_val` (records in
+    val_records) come from the shard manifests: counting records would read every one.
     `callbacks` are appended after the pipeline's own (tests use them to interrupt a run).
     With `cbc` (combo inputs "image+cbc") the model is the fused two-input one (hemaflow.fusion).
     """
@@ -68,7 +71,7 @@ def train_combo(
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
     weights = _class_weights(class_weight, class_counts)
-    n_train, n_val = _count(train_records), _count(val_records)
+    n_train = int(sum(class_counts.values()))
     batches = dict(channels=channels, n_classes=n_classes, batch_size=combo["batch_size"], seed=seed, size=size)
     bs = combo["batch_size"]
     train_ds = _for_fit(fusion.dataset(train_records, cbc, shuffle=True, **batches), n_train, bs, n_classes)
@@ -173,13 +176,11 @@ def _for_fit(ds: tf.data.Dataset, n: int, batch_size: int, n_classes: int) -> tf
     return ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
 
 
-def _class_weights(kind: str, counts: dict | None) -> dict[int, float] | None:
+def _class_weights(kind: str, counts: dict) -> dict[int, float] | None:
     if kind == "none":
         return None
     if kind != "balanced":
         raise ValueError(f"train.class_weight must be 'none' or 'balanced', got {kind!r}")
-    if not counts:
-        raise ValueError("train.class_weight 'balanced' needs class_counts (training images per class index)")
     classes = np.array(sorted(int(c) for c in counts))
     labels = np.repeat(classes, [int(counts[c]) for c in classes])
     return dict(zip(classes.tolist(), compute_class_weight("balanced", classes=classes, y=labels).tolist()))
@@ -199,11 +200,6 @@ def _schedule(combo: dict, cyclic: dict):
     if combo["lr_policy"] == "constant":
         return lambda epoch: combo["lr"]
     raise ValueError(f"train.grid.lr_policy must be 'constant' or 'triangular', got {combo['lr_policy']!r}")
-
-
-def _count(records) -> int:
-    ds = tf.data.TFRecordDataset([os.fspath(p) for p in records])
-    return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
 
 
 def _atomic(path: Path, write) -> None:

@@ -10,6 +10,7 @@ from skimage.draw import disk
 
 from hemaflow import baseline, records
 from hemaflow.evaluate import predict_baseline, prediction_frame
+from hemaflow.preprocess import aug_id
 
 SIZE = 48
 
@@ -60,7 +61,8 @@ def test_natural_background_mask_finds_the_stained_cell(black_corner):
 def test_svm_separates_small_from_large_discs():
     X_train, y_train = discs(20, seed=0)
     X_test, y_test = discs(20, seed=1)
-    pipe = baseline.fit_svm(np.array([baseline.extract_features(i) for i in X_train]), y_train, seed=0)
+    X = np.array([baseline.extract_features(i) for i in X_train])
+    pipe = baseline.fit_svm(X, y_train, np.arange(len(y_train)), seed=0)
     pred = pipe.predict(np.array([baseline.extract_features(i) for i in X_test]))
     assert (pred == y_test).mean() > 0.9
 
@@ -68,16 +70,17 @@ def test_svm_separates_small_from_large_discs():
 def test_fit_is_deterministic_for_a_seed():
     imgs, y = discs(10, seed=2)
     X = np.array([baseline.extract_features(i) for i in imgs])
-    p1 = baseline.fit_svm(X, y, seed=3).predict_proba(X)
-    p2 = baseline.fit_svm(X, y, seed=3).predict_proba(X)
+    groups = np.arange(len(y))
+    p1 = baseline.fit_svm(X, y, groups, seed=3).predict_proba(X)
+    p2 = baseline.fit_svm(X, y, groups, seed=3).predict_proba(X)
     np.testing.assert_array_equal(p1, p2)
     # the seed picks the calibration folds, so another seed calibrates differently
-    assert not np.allclose(p1, baseline.fit_svm(X, y, seed=4).predict_proba(X))
+    assert not np.allclose(p1, baseline.fit_svm(X, y, groups, seed=4).predict_proba(X))
 
 
 def test_unknown_class_weight_is_rejected():
     with pytest.raises(ValueError, match="train.class_weight"):
-        baseline.fit_svm(np.zeros((4, 2)), np.array([0, 1, 0, 1]), seed=0, class_weight="inverse")
+        baseline.fit_svm(np.zeros((4, 2)), np.array([0, 1, 0, 1]), np.arange(4), seed=0, class_weight="inverse")
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -86,22 +89,31 @@ def _png(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def test_records_to_prediction_table(tmp_path):
+def test_features_of_one_copy_per_source_to_prediction_table(tmp_path):
+    """Each cell's deterministic copy and two augmented ones in a shard: one row per cell."""
     imgs, y = discs(6, seed=4)
     path = tmp_path / "s.tfrecord"
-    ids = [f"a{k}" for k in range(len(imgs))]
-    records.write_records(path, (records.encode_example(_png(i), int(l), a) for i, l, a in zip(imgs, y, ids)))
-    X, labels, aug_ids = baseline.featurize_records([path], channels=4)
-    assert X.shape == (len(imgs), len(baseline.FEATURE_NAMES))
-    assert aug_ids == ids and labels.tolist() == y.tolist()
+    copies = [(img, int(label), aug_id(f"img{k}", r, m, 0)) for k, (img, label) in enumerate(zip(imgs, y))
+              for r, m in ((1, False), (0, False), (0, True))]  # fmt: skip
+    rng = np.random.default_rng(0)
+    rng.shuffle(copies)  # shards are written in a shuffled order
+    records.write_records(path, (records.encode_example(_png(i), l, a) for i, l, a in copies))
+    features = baseline.featurize_split([path], channels=4)
+    assert len(features) == len(imgs) and features["image_id"].is_unique
+    assert features["aug_id"].str.endswith("-r000-m0-c0").all()
+    assert list(features.columns) == ["aug_id", "image_id", "label_index", *baseline.FEATURE_NAMES]
+    first = features.set_index("image_id").loc["img0"]
+    assert first["label_index"] == y[0]
     # lossless PNG round trip: the same features as from the arrays
-    np.testing.assert_allclose(X[0], baseline.extract_features(imgs[0]))
-    pipe = baseline.fit_svm(X, labels, seed=0)
+    np.testing.assert_allclose(first[baseline.FEATURE_NAMES].to_numpy(float), baseline.extract_features(imgs[0]))
+    pipe = baseline.fit_baseline(features, seed=0)
+    assert pipe[0].n_samples_seen_ == len(imgs)  # fit on one row per source image
     # a three-class task where the SVM never saw class 2: that column is zero
-    pred = predict_baseline(pipe, [path], channels=4, n_classes=3)
-    template = prediction_frame(ids, labels, np.zeros((len(ids), 3)))
+    pred = predict_baseline(pipe, features, n_classes=3)
+    template = prediction_frame(features["aug_id"], features["label_index"], np.zeros((len(features), 3)))
     assert list(pred.columns) == list(template.columns)
     assert (pred.dtypes == template.dtypes).all()
+    assert pred["aug_id"].tolist() == features["aug_id"].tolist()
     assert (pred["p_2"] == 0).all()
     np.testing.assert_allclose(pred[["p_0", "p_1"]].sum(axis=1), 1.0)
 
@@ -109,7 +121,7 @@ def test_records_to_prediction_table(tmp_path):
 def _fitted():
     imgs, y = discs(8, seed=5)
     X = np.array([baseline.extract_features(i) for i in imgs])
-    return baseline.fit_svm(X, y, seed=0), X
+    return baseline.fit_svm(X, y, np.arange(len(y)), seed=0), X
 
 
 def test_model_file_round_trip_without_pickle(tmp_path):
@@ -132,3 +144,17 @@ def test_model_file_with_an_unknown_type_is_refused(tmp_path):
     sio.dump(make_pipeline(FunctionTransformer(os.system), pipe), tmp_path / "evil.skops")
     with pytest.raises(ValueError, match=r"evil\.skops.*'posix\.system'.*snakemake models"):
         baseline.load_svm(tmp_path / "evil.skops")
+
+
+def test_calibration_folds_keep_the_copies_of_a_cell_together():
+    """40 cells x 6 copies: Platt scaling must never see decision values of a cell it was fit on."""
+    y = np.repeat(np.arange(40) % 2, 6)
+    groups = np.repeat([f"cell{i}" for i in range(40)], 6)
+    X = np.random.default_rng(0).normal(size=(len(y), 3)) + y[:, None]
+    pipe = baseline.fit_svm(X, y, groups, seed=1)
+    folds = pipe[-1].cv  # the folds the calibration used
+    assert len(folds) == 5
+    for train, held in folds:
+        assert not set(groups[train]) & set(groups[held])
+        assert set(y[held]) == {0, 1}  # still stratified
+    assert sorted(np.concatenate([held for _, held in folds])) == list(range(len(y)))

@@ -186,3 +186,22 @@ def test_binary_without_patient_ids_says_why_there_is_no_patient_level(tmp_path)
                              positive_class="all", out_dir=tmp_path)
     assert m["patient"]["skipped"].startswith("no patient ids")
     assert pd.read_csv(tmp_path / "patients.csv").empty
+
+
+def test_predict_scores_only_deterministic_copies_when_asked(tmp_path):
+    """The train split is scored on one record per source image, not on all 72 copies."""
+    import keras
+
+    from hemaflow.preprocess import aug_id
+
+    rng = np.random.default_rng(1)
+    ids = [aug_id(f"img{k}", r, m, c) for k in range(3) for r, m, c in ((0, False, 0), (1, False, 0), (0, True, 0), (0, False, 1))]
+    path = tmp_path / "s.tfrecord"
+    records.write_records(
+        path, (records.encode_example(_png(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)), 0, a) for a in ids)
+    )
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(1, activation="sigmoid")])
+    assert len(predict(model, [path], channels=3)) == 12
+    assert predict(model, [path], channels=3, deterministic_only=True)["aug_id"].tolist() == [
+        "img0-r000-m0-c0", "img1-r000-m0-c0", "img2-r000-m0-c0"
+    ]  # fmt: skip

@@ -87,7 +87,8 @@ def test_build_shard_round_trip(dataset, tmp_path):
     assert list(manifest.columns) == SCHEMAS["augmented"].names
     assert len(manifest) == 5 * 2 * 2 * 2  # images x rotations x mirror x (deterministic + 1 random)
     assert manifest["index"].tolist() == list(range(len(manifest)))
-    assert manifest["image_id"].is_monotonic_increasing
+    # Written in a shuffled order, not a source's copies one after another.
+    assert (manifest["image_id"] != manifest["image_id"].shift()).mean() > 0.6
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "train.parquet"), manifest, check_dtype=False)
 
     records = list(iter_records([tmp_path / "train.tfrecord"], channels=4))
@@ -109,6 +110,24 @@ def test_rerun_is_byte_identical_whatever_the_row_order(dataset, tmp_path):
     build(dataset, tmp_path / "b", rows=dataset[1].sample(frac=1, random_state=1))
     for name in ("train.tfrecord", "train.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_shuffled_order_is_by_blocks_of_sources_within_the_memory_budget(dataset, tmp_path):
+    """Sources are held in blocks of about block_bytes; each block's records are permuted."""
+    one = P.prepare_source(cv2.imread(str(dataset[0] / dataset[1].rel_path[0]))[..., ::-1], **PREPROCESS).nbytes
+    manifest = build(dataset, tmp_path, block_bytes=2 * one)  # the 5 cells are about the same size
+    ids = sorted(dataset[1]["image_id"])
+    # Block by block in image_id order, 2 sources (16 records) a block, shuffled inside.
+    blocks = [set(manifest["image_id"][i : i + 16]) for i in range(0, 40, 16)]
+    assert blocks == [set(ids[0:2]), set(ids[2:4]), set(ids[4:5])]
+    assert not manifest["image_id"].iloc[:16].is_monotonic_increasing
+    # Any budget writes the same records with the same pixels, only in another order.
+    (tmp_path / "all").mkdir()
+    whole = build(dataset, tmp_path / "all")
+    assert sorted(whole["aug_id"]) == sorted(manifest["aug_id"])
+    a = {aid: img.tobytes() for img, _, aid in iter_records([tmp_path / "train.tfrecord"], channels=4)}
+    b = {aid: img.tobytes() for img, _, aid in iter_records([tmp_path / "all" / "train.tfrecord"], channels=4)}
+    assert a == b
 
 
 def test_unaugmented_split_gets_one_deterministic_copy(dataset, tmp_path):

@@ -107,7 +107,8 @@ CYCLIC = {"step_size": 2, "scale": 4, "start_at": "max"}
 
 
 def train(shards, out_dir, *, combo=COMBO, max_epochs=2, seed=11, callbacks=(), **kwargs):
-    settings = dict(channels=4, size=SIZE, n_classes=2, patience=5, class_weight="none", class_counts=None)
+    settings = dict(channels=4, size=SIZE, n_classes=2, patience=5, class_weight="none", class_counts={0: 32, 1: 32},
+                    n_val=24)  # fmt: skip
     return train_combo(
         combo, train_records=shards["train"], val_records=shards["val"], max_epochs=max_epochs, cyclic=CYCLIC,
         seed=seed, out_dir=out_dir, callbacks=callbacks, **{**settings, **kwargs},
@@ -158,7 +159,7 @@ def test_multiclass_training_with_sgd(shards, tmp_path):
     info = train_combo(
         combo, train_records=shards["multi"], val_records=shards["multi"], channels=3, size=SIZE, n_classes=3,
         max_epochs=1, patience=2, cyclic=CYCLIC, class_weight="balanced", class_counts={0: 16, 1: 16, 2: 16},
-        seed=1, out_dir=tmp_path,
+        n_val=48, seed=1, out_dir=tmp_path,
     )  # fmt: skip
     assert info["epochs_run"] == 1
     model = keras.models.load_model(tmp_path / "model.keras")  # loads without any hemaflow import

@@ -49,6 +49,8 @@ CLASSES = "results/manifests/classes.json"  # the class list (position = label_i
 POSITIVE = "results/reports/positive_class.json"
 SPLITS_TABLE = "results/manifests/splits.parquet"
 AUGMENTED = "results/manifests/augmented.parquet"
+# The SVM baseline's features of each split's deterministic copies, written by train_baseline.
+BASELINE_FEATURES = f"results/models/{BASELINE}/features/{{split}}.parquet"
 # Tables behind the figures, one directory per figure kind: what dvc.yaml's `plots` read.
 HISTORY = "results/plots/history/{combo}.csv"
 PLOT_TABLE = "results/plots/{kind}_{split}/{combo}.csv"

@@ -21,7 +21,10 @@ rule evaluate:
     input:
         unpack(fused_inputs()),
         model=lambda w: model_file(w.combo),
-        records=[r for split in SPLITS for r in shard_records(split)],
+        # Keras models read the shards; the SVM the features train_baseline computed once.
+        train_records=lambda w: [] if w.combo == BASELINE else shard_records("train"),
+        records=lambda w: [] if w.combo == BASELINE else shard_records("val") + shard_records("test"),
+        features=lambda w: expand(BASELINE_FEATURES, split=SPLITS) if w.combo == BASELINE else [],
         augmented=AUGMENTED,
         sources=SOURCES,
         classes=CLASSES,

@@ -5,6 +5,7 @@ rule train:
         val=shard_records("val"),
         manifests=shard_manifests("train"),
         classes=CLASSES,
+        val_manifests=shard_manifests("val"),
     output:
         model="results/models/{combo}/model.keras",
         history=HISTORY,
@@ -55,17 +56,19 @@ rule grid:
 
 rule train_baseline:
     input:
-        train=shard_records("train"),
+        **{split: shard_records(split) for split in SPLITS},
         sources=SOURCES,
     output:
         model=f"results/models/{BASELINE}/model.skops",
         info=f"results/models/{BASELINE}/train.json",
+        features=expand(BASELINE_FEATURES, split=SPLITS),
     log:
         f"results/logs/train/{BASELINE}.log",
     benchmark:
         f"results/benchmarks/train/{BASELINE}.tsv"
     params:
         library_code=library_code("train_baseline.py"),
+        splits=SPLITS,
         channels=channels(),
         class_weight=config["train"]["class_weight"],
         seed=config["seed"],

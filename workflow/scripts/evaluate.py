@@ -12,7 +12,6 @@ import pandas as pd
 from hemaflow.evaluate import evaluate_predictions, predict, predict_baseline
 from hemaflow.manifest import read_classes, read_manifest
 
-records = list(snakemake.input.records)
 sources = read_manifest(snakemake.input.sources, "sources")
 augmented = pd.read_parquet(snakemake.input.augmented)
 classes = read_classes(snakemake.input.classes)
@@ -21,9 +20,8 @@ with open(snakemake.input.positive) as f:
 if snakemake.params.baseline:
     from hemaflow.baseline import load_svm
 
-    pred = predict_baseline(
-        load_svm(snakemake.input.model), records, channels=snakemake.params.channels, n_classes=len(classes)
-    )
+    features = pd.concat([pd.read_parquet(p) for p in snakemake.input.features], ignore_index=True)
+    pred = predict_baseline(load_svm(snakemake.input.model), features, n_classes=len(classes))
 else:
     from hemaflow import fusion
 
@@ -31,7 +29,15 @@ else:
     cbc = None
     if fusion.is_fused(model):
         cbc = fusion.for_model(model, snakemake.input.sheet, sources, augmented)
-    pred = predict(model, records, channels=snakemake.params.channels, cbc=cbc)
+    channels = snakemake.params.channels
+    # The train split is scored on its deterministic copies, val and test on every record.
+    pred = pd.concat(
+        [
+            predict(model, list(snakemake.input.train_records), channels=channels, cbc=cbc, deterministic_only=True),
+            predict(model, list(snakemake.input.records), channels=channels, cbc=cbc),
+        ],
+        ignore_index=True,
+    )
 
 evaluate_predictions(
     pred,

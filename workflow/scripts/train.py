@@ -16,7 +16,9 @@ from hemaflow.train import train_combo
 tf.config.threading.set_intra_op_parallelism_threads(snakemake.threads)
 tf.config.threading.set_inter_op_parallelism_threads(snakemake.threads)
 
+# Counts from the shard manifests: counting the records would read every one of them.
 train_rows = pd.concat([pd.read_parquet(p, columns=["label_index"]) for p in snakemake.input.manifests])
+n_val = sum(len(pd.read_parquet(p, columns=["index"])) for p in snakemake.input.val_manifests)
 s = snakemake.params.settings
 classes = read_classes(snakemake.input.classes)
 # First, so that model.keras (written last by train_combo) never exists without it.
@@ -36,8 +38,9 @@ train_combo(
     max_epochs=s["max_epochs"],
     patience=s["patience"],
     cyclic=s["cyclic"],
-    class_weight=s["class_weight"],
     class_counts=train_rows["label_index"].value_counts().to_dict(),
+    n_val=n_val,
+    class_weight=s["class_weight"],
     seed=snakemake.params.seed,
     out_dir=snakemake.output.model.rsplit("/", 1)[0],
     history_path=snakemake.output.history,
