@@ -36,7 +36,10 @@ def predicted(pipeline, tool_env, tmp_path_factory):
     command = [script] if script.exists() else [sys.executable, "-m", "hemaflow.cli"]
     run([*command, "predict", pipeline / HOLDOUT, "--model", "best", "--project", pipeline, "--out", out,
          "--patients", sheet, "--improve"], pipeline, env)
-    best = json.loads((pipeline / "results/reports/metrics.json").read_text())["best"]
+    # `best` is the best image-only CNN (a fused model also needs blood counts): the summary names it
+    best = json.loads((out / "summary.json").read_text())["model"]
+    board = json.loads((pipeline / "results/reports/metrics.json").read_text())["combos"]
+    assert best == next(c for c in board if (pipeline / f"results/models/{c}/model.keras").is_file() and not c.endswith("_cbc"))
     return pipeline, best, sources, out, pids
 
 
