@@ -210,20 +210,25 @@ class Record(keras.callbacks.Callback):
         self.epochs.append(epoch)
 
 
-def test_a_killed_run_resumes_to_the_uninterrupted_result(shards, trained, tmp_path):
-    """Killed after epoch 2 of 3 and rerun: epoch 3 only, and the history and weights of the
-    uninterrupted run (same data order, optimizer and dropout RNG state); both legs are counted."""
+@pytest.mark.parametrize(
+    ("killed_after", "rerun", "legs"),
+    [(2, [2], [(1, 2), (3, 1)]), (3, [], [(1, 3), (4, 0)])],  # the second: killed before writing outputs
+)
+def test_a_killed_run_resumes_to_the_uninterrupted_result(shards, trained, tmp_path, killed_after, rerun, legs):
+    """Killed after epoch 2 (or 3) of 3 and rerun: epoch 3 only (or none), and the history and
+    weights of the uninterrupted run (same data order, optimizer and dropout RNG state, best
+    weights restored); both legs are counted."""
     with pytest.raises(RuntimeError, match="simulated kill"):
-        train(shards, tmp_path, seed=11, callbacks=[Interrupt(after=2)], **TRIANGULAR)
+        train(shards, tmp_path, seed=11, callbacks=[Interrupt(after=killed_after)], **TRIANGULAR)
     assert not (tmp_path / "model.keras").exists() and not (tmp_path / "history.csv").exists()
     assert (tmp_path / "_resume" / "state.npz").is_file()
 
     record = Record()
     info = train(shards, tmp_path, seed=11, callbacks=[record], **TRIANGULAR)
-    assert record.epochs == [2]  # continued, not restarted
+    assert record.epochs == rerun  # continued, not restarted
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "history.csv"), pd.read_csv(trained[0] / "history.csv"))
     assert all(np.array_equal(x, y) for x, y in zip(weights_of(tmp_path), weights_of(trained[0])))
-    assert [(leg["first_epoch"], leg["epochs"]) for leg in info["legs"]] == [(1, 2), (3, 1)]
+    assert [(leg["first_epoch"], leg["epochs"]) for leg in info["legs"]] == legs
     assert info["epochs_run"] == 3 and info["best_epoch"] == trained[1]["best_epoch"]
     assert info["wall_seconds"] == pytest.approx(sum(leg["wall_seconds"] for leg in info["legs"]), abs=0.11)
     assert all(leg["wall_seconds"] > 0 for leg in info["legs"])
