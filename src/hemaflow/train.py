@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 HISTORY_COLUMNS = ["epoch", "loss", "val_loss", "accuracy", "val_accuracy", "auc", "val_auc", "lr"]
 # Validation probabilities that vary by less than this over all validation images (max - min, per
 # output unit) mean the network outputs a constant: it has collapsed (dead units) and is marked
-# diverged. Healthy and weak models alike spread their predictions by far more (see docs/architecture.md).
+# diverged. Even untrained networks spread their predictions by more (see docs/architecture.md).
 CONSTANT_SPREAD = 1e-3
 
 
