@@ -129,8 +129,12 @@ def dataset(records, inputs: CBCInputs | None, **kwargs) -> tf.data.Dataset:
     """make_dataset batches; with `inputs`, ((image, raw CBC), label) for a fused model."""
     if inputs is None:
         return make_dataset(records, **kwargs)
+    return attach(make_dataset(records, with_ids=True, **kwargs), inputs)
+
+
+def attach(ds: tf.data.Dataset, inputs: CBCInputs) -> tf.data.Dataset:
+    """((image, raw CBC), label) batches from make_dataset's (image, label, aug_id) ones."""
     rows = inputs.lookup()
-    ds = make_dataset(records, with_ids=True, **kwargs)
 
     def fused(image, label, ids):
         return (image, rows(ids)), label

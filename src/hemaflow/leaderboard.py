@@ -12,10 +12,11 @@ HEADLINE = ("accuracy", "balanced_accuracy", "auc", "f1", "macro_f1")
 PARAMS = ("model", "inputs", "optimizer", "lr", "lr_policy", "batch_size", "dropout")
 # Patient-level test figures: the honest comparison of image-only and fused (image+cbc) rows.
 PATIENT = ("accuracy", "balanced_accuracy", "auc")
-# leaderboard column <- key of train.json (as `train.train_combo` writes it; absent ones stay empty)
-TRAIN_INFO = {"epochs": "epochs_run", "best_epoch": "best_epoch", "wall_seconds": "wall_seconds"}
+# leaderboard column <- key of train.json (as `train.train_combo` writes it; absent ones stay empty).
+# epochs and wall_seconds are totals over every leg of a resumed training; `legs` counts them.
+TRAIN_INFO = {"status": "status", "epochs": "epochs_run", "best_epoch": "best_epoch", "wall_seconds": "wall_seconds"}
 # Whole numbers, empty for the classical baseline (nullable, so they never print as 64.0).
-COUNTS = ("batch_size", "epochs", "best_epoch")
+COUNTS = ("batch_size", "epochs", "best_epoch", "legs")
 # Per combination in metrics.json, so `dvc metrics show` lists every combination.
 PER_COMBO = ("test_balanced_accuracy", "test_auc", "patient_test_accuracy")
 
@@ -23,7 +24,9 @@ PER_COMBO = ("test_balanced_accuracy", "test_auc", "patient_test_accuracy")
 def build_leaderboard(entries: dict, rank_by: str) -> pd.DataFrame:
     """One row per combo from {combo: (params, metrics.json, train.json or None)}, best val `rank_by` first.
 
-    Ties (and combos without the metric, which go last) are ordered by combo id.
+    Combinations whose training diverged (status `diverged` in train.json) come after all others,
+    whatever their score: a collapsed model that always predicts the majority class can score a
+    high accuracy. Ties (and combos without the metric, which go last) are ordered by combo id.
     """
     names = list(HEADLINE) + ([rank_by] if rank_by not in HEADLINE else [])
     rows = []
@@ -31,6 +34,7 @@ def build_leaderboard(entries: dict, rank_by: str) -> pd.DataFrame:
         row = {"combo": combo, **{k: params.get(k) for k in PARAMS}}
         row["inputs"] = params.get("inputs", "image")  # image-only combos (and the SVM) have no key
         row.update({col: (info or {}).get(key) for col, key in TRAIN_INFO.items()})
+        row["legs"] = len(info["legs"]) if info and "legs" in info else None
         for split in ("val", "test"):
             row.update({f"{split}_{m}": scores.get(split, {}).get(m) for m in names})
         patient = scores.get("patient", {})
@@ -48,8 +52,10 @@ def build_leaderboard(entries: dict, rank_by: str) -> pd.DataFrame:
     numeric = [c for c in board.columns if c.startswith(("val_", "test_", "patient_"))]
     board[numeric] = board[numeric].astype(float)
     board[list(COUNTS)] = board[list(COUNTS)].astype("Int64")
-    board = board.sort_values("combo", kind="stable").sort_values(
-        key, ascending=False, na_position="last", kind="stable"
+    board = (
+        board.sort_values("combo", kind="stable")
+        .sort_values(key, ascending=False, na_position="last", kind="stable")
+        .sort_values("status", key=lambda status: status == "diverged", kind="stable")
     )
     board.insert(0, "rank", range(1, len(board) + 1))
     return board.reset_index(drop=True)

@@ -32,8 +32,9 @@ def _figure(out_png: str | os.PathLike, **kwargs):
         plt.close(fig)
 
 
-def training_curves(history: pd.DataFrame, best_epoch: int, out_png) -> Figure:
-    """Loss (log axis) and accuracy, train and val, vs epoch; the best epoch dashed (seed 000)."""
+def training_curves(history: pd.DataFrame, best_epoch: int | None, out_png) -> Figure:
+    """Loss (log axis) and accuracy, train and val, vs epoch; the best epoch dashed (seed 000),
+    unless there is none (no finite validation loss)."""
     with _figure(out_png, nrows=2, ncols=1, sharex=True, figsize=(7, 7)) as (fig, (ax1, ax2)):
         ax1.plot(history["epoch"], history["loss"], label="train")
         ax1.plot(history["epoch"], history["val_loss"], label="val")
@@ -45,7 +46,8 @@ def training_curves(history: pd.DataFrame, best_epoch: int, out_png) -> Figure:
         ax2.set_xlabel("epoch")
         ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
         for ax in (ax1, ax2):
-            ax.axvline(best_epoch, color="black", linestyle="--", label=f"best epoch {best_epoch}")
+            if best_epoch is not None:
+                ax.axvline(best_epoch, color="black", linestyle="--", label=f"best epoch {best_epoch}")
             ax.legend(loc="best")
         ax1.set_title("training curves")
     return fig

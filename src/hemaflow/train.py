@@ -1,18 +1,26 @@
-"""Train one hyperparameter combination: seeded, resumable, outputs written atomically.
+"""Train one hyperparameter combination: seeded, resumable to the same result, outputs written atomically.
 
 Outputs in out_dir: history.csv (or history_path), curves.png, train.json and, last, model.keras, so a
-model file only exists once everything else is in place. While training, out_dir/_resume
-holds Keras' BackupAndRestore checkpoint, the partial history and the best weights so far;
-rerunning an interrupted job continues from its last finished epoch.
+model file only exists once everything else is in place. While training, out_dir/_resume/state.npz
+holds, as of the last finished epoch, all the rest of the run depends on: every model variable
+(weights and the dropout layers' random-seed state), the optimizer's variables, the early-stopping
+state, the history and each leg's (process's) epochs and wall time, with a fingerprint of the
+settings, input shards and code. A rerun with the same fingerprint continues from there and gives
+the history and weights of an uninterrupted run, because each epoch's data order is seeded by
+(seed, epoch) rather than by how many epochs this process has run; any other checkpoint is
+discarded with a log line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,9 +31,17 @@ import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
 from hemaflow import fusion
+from hemaflow.data import make_dataset
+from hemaflow.provenance import library_digest
 from hemaflow.schedules import triangular
 
+log = logging.getLogger(__name__)
+
 HISTORY_COLUMNS = ["epoch", "loss", "val_loss", "accuracy", "val_accuracy", "auc", "val_auc", "lr"]
+# Validation probabilities that vary by less than this over all validation images (max - min, per
+# output unit) mean the network outputs a constant: it has collapsed (dead units) and is marked
+# diverged. Even untrained networks spread their predictions by more (see docs/architecture.md).
+CONSTANT_SPREAD = 1e-3
 
 
 def train_combo(
@@ -50,9 +66,10 @@ def train_combo(
 ) -> dict:
     """Fit combo {model, optimizer, lr, lr_policy, batch_size, dropout}; return what train.json holds.
 
-    Epochs are numbered from 1 in history.csv and best_epoch, as in Keras' log; the history
-    goes to `history_path` (default out_dir/history.csv).
-    wall_seconds covers this call only (the last leg of a resumed job).
+    Epochs are numbered from 1 in history.csv, best_epoch and legs, as in Keras' log; the history
+    goes to `history_path` (default out_dir/history.csv). epochs_run and wall_seconds cover the
+    whole training, `legs` each process that worked on it. status is `diverged` (with the reason
+    in diverged_because) when a loss became NaN/inf or the validation predictions are constant.
     `class_counts` (records per class index in train_records) and `n_val` (records in
     val_records) come from the shard manifests: counting records would read every one.
     `callbacks` are appended after the pipeline's own (tests use them to interrupt a run).
@@ -60,23 +77,18 @@ def train_combo(
     """
     start = time.monotonic()
     out = Path(out_dir)
-    resume = out / "_resume"
     out.mkdir(parents=True, exist_ok=True)
     # Until this run finishes, nothing in out_dir may look like a finished model.
     (out / "model.keras").unlink(missing_ok=True)
-    if not (resume / "backup").exists():
-        shutil.rmtree(resume, ignore_errors=True)  # no checkpoint to resume from: start clean
-    resume.mkdir(exist_ok=True)
+    counts = {str(int(c)): int(n) for c, n in sorted((class_counts or {}).items())} or None
+    settings = dict(combo=combo, channels=channels, size=size, n_classes=n_classes, max_epochs=max_epochs,
+                    patience=patience, cyclic=cyclic, class_weight=class_weight, class_counts=counts, seed=seed,
+                    cbc=cbc.stats.to_dict() if cbc is not None else None)  # fmt: skip
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
     weights = _class_weights(class_weight, class_counts)
     n_train = int(sum(class_counts.values()))
-    batches = dict(channels=channels, n_classes=n_classes, batch_size=combo["batch_size"], seed=seed, size=size)
-    bs = combo["batch_size"]
-    train_ds = _for_fit(fusion.dataset(train_records, cbc, shuffle=True, **batches), n_train, bs, n_classes)
-    val_ds = _for_fit(fusion.dataset(val_records, cbc, shuffle=False, **batches), n_val, bs, n_classes)
-
     model = fusion.build(combo["model"], (size, size, channels), n_classes, combo["dropout"], cbc)
     model.compile(
         optimizer=_optimizer(combo),
@@ -84,37 +96,63 @@ def train_combo(
         # Micro-averaged one-vs-rest AUC for several classes: built in, so model.keras loads anywhere.
         metrics=["accuracy", keras.metrics.AUC(name="auc")],
     )
-    partial = resume / "history.csv"
+    model.optimizer.build(model.trainable_variables)  # its variables exist now, so a checkpoint can fill them
+    stopper = ResumableEarlyStopping(patience=patience)
+    checkpoint = Checkpoint(
+        out / "_resume" / "state.npz", fingerprint(settings, train_records, val_records), stopper, leg_start=start
+    )
+    first = checkpoint.restore(model)
+
+    batches = dict(channels=channels, n_classes=n_classes, batch_size=combo["batch_size"], size=size)
+    steps = math.ceil(n_train / combo["batch_size"])
+    epochs = range(first, max_epochs)
+    train_ds = _for_fit(_epochs(train_records, seed, epochs, cbc, **batches), steps * len(epochs), n_classes)
+    val_ds = fusion.dataset(val_records, cbc, shuffle=False, seed=seed, **batches)
+    val_ds = _for_fit(val_ds, math.ceil(n_val / combo["batch_size"]), n_classes)
+    start_weights = model.get_weights()
     model.fit(
         train_ds,
         validation_data=val_ds,
-        epochs=max_epochs,
-        shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a tf.data.Dataset
+        initial_epoch=first,
+        epochs=first if checkpoint.stopped else max_epochs,
+        steps_per_epoch=steps,  # one iterator over all epochs: each epoch's order is its own (see _epochs)
+        shuffle=False,  # _epochs shuffles; Keras cannot shuffle a tf.data.Dataset
         class_weight=weights,
         verbose=2,
         callbacks=[
             keras.callbacks.LearningRateScheduler(_schedule(combo, cyclic)),
-            keras.callbacks.CSVLogger(partial, append=True),
-            ResumableEarlyStopping(partial, resume / "best.weights.npz", patience=patience),
-            # Last of ours: a backup means every callback above has recorded that epoch.
-            keras.callbacks.BackupAndRestore(resume / "backup"),
+            keras.callbacks.TerminateOnNaN(),
+            stopper,
+            checkpoint,  # last of ours: it saves what the callbacks above did in that epoch
             *callbacks,
         ],
     )
+    if not all(np.isfinite(w).all() for w in model.get_weights()):
+        # NaN before any finite epoch: keep the weights this leg started from, so evaluation still runs.
+        log.warning("%s: the weights are not finite; keeping those this training leg started from", out)
+        model.set_weights(start_weights)
 
-    history = _final_history(read_history(partial))
-    best_epoch = int(history.loc[history["val_loss"].idxmin(), "epoch"])
+    history = _final_history(pd.DataFrame(checkpoint.rows))
+    spread = prediction_spread(model, val_ds)
+    diverged = divergence(history, spread)
+    if diverged:
+        log.warning("%s: training diverged: %s", out, diverged)
+    legs = checkpoint.legs(time.monotonic())
     info = {
         **combo,
+        "status": "diverged" if diverged else "ok",
+        "diverged_because": diverged,
         "epochs_run": len(history),
-        "best_epoch": best_epoch,
-        "wall_seconds": round(time.monotonic() - start, 1),
+        "best_epoch": stopper.best_epoch + 1 if stopper.best is not None and math.isfinite(stopper.best) else None,
+        "wall_seconds": round(sum(leg["wall_seconds"] for leg in legs), 1),
+        "legs": legs,
+        "val_prediction_spread": spread,
         "n_train": n_train,
         "n_val": n_val,
         **({"cbc": cbc.stats.to_dict()} if cbc is not None else {}),
     }
     _write_outputs(out, Path(history_path or out / "history.csv"), model, history, info)
-    shutil.rmtree(resume, ignore_errors=True)
+    shutil.rmtree(out / "_resume", ignore_errors=True)
     return info
 
 
@@ -122,58 +160,165 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     """EarlyStopping on val_loss with best weights restored, whose state survives a resume.
 
     Keras resets the best value, the patience count and the best weights at every fit();
-    on a resumed fit they are replayed from the partial history and the weights saved at
-    each improvement.
+    `state()` is what a Checkpoint saves and `restore()` what the next fit starts from.
     """
 
-    def __init__(self, history_csv: Path, best_weights_file: Path, *, patience: int):
+    def __init__(self, *, patience: int):
         super().__init__(monitor="val_loss", patience=patience, restore_best_weights=True)
-        self.history_csv = Path(history_csv)
-        self.best_weights_file = Path(best_weights_file)
+        self._restored = None
+
+    def state(self) -> tuple[dict, list[np.ndarray] | None]:
+        best = None if self.best is None else float(self.best)
+        return {"best": best, "best_epoch": int(self.best_epoch), "wait": int(self.wait)}, self.best_weights
+
+    def restore(self, state: dict, best_weights: list[np.ndarray] | None) -> None:
+        self._restored = state, best_weights
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self._first_epoch = True
+        if self._restored is not None:
+            state, self.best_weights = self._restored
+            self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
 
-    def on_epoch_begin(self, epoch, logs=None):
-        if not self._first_epoch:
-            return
-        self._first_epoch = False
-        if epoch == 0:
-            return
-        done = read_history(self.history_csv)
-        for row in done[done["epoch"] < epoch].itertuples():
-            super().on_epoch_end(row.epoch, {self.monitor: getattr(row, self.monitor)})
-        if self.best_weights_file.exists():
-            with np.load(self.best_weights_file) as saved:
-                self.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+class Checkpoint(keras.callbacks.Callback):
+    """After every epoch, one file (replaced atomically) from which a rerun continues exactly.
+
+    It holds model.variables (weights and the seed-generator state of dropout layers), the
+    optimizer's variables (step count, moments), the early-stopping state and best weights, the
+    history rows, the legs so far and the fingerprint it is valid for.
+    """
+
+    def __init__(self, path: Path, fingerprint: dict, stopper: ResumableEarlyStopping, *, leg_start: float):
+        super().__init__()
+        self.path, self.fingerprint, self.stopper = Path(path), fingerprint, stopper
+        self.rows: list[dict] = []
+        self.stopped = False  # the saved run had stopped (early stopping or NaN): nothing left to fit
+        self._done_legs: list[dict] = []
+        self._leg = {"first_epoch": 1, "epochs": 0, "wall_seconds": 0.0}
+        self._leg_start = leg_start
+
+    def restore(self, model: keras.Model) -> int:
+        """Load a checkpoint made with this fingerprint into `model`; return the first epoch to run (0-based).
+
+        Without one (or with one made for other settings, inputs or code, which is discarded)
+        training starts at epoch 0 in a fresh resume directory.
+        """
+        saved = self._read()
+        if saved is None:
+            shutil.rmtree(self.path.parent, ignore_errors=True)
+            self.path.parent.mkdir(parents=True)
+            return 0
+        meta, arrays = saved
+        for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
+            for i, v in enumerate(variables):
+                v.assign(arrays[f"{prefix}_{i}"])
+        n_best = sum(k.startswith("best_") for k in arrays)
+        self.stopper.restore(meta["early_stopping"], [arrays[f"best_{i}"] for i in range(n_best)] or None)
+        self.rows, self._done_legs, self.stopped = meta["history"], meta["legs"], meta["stopped"]
+        first = meta["epoch"] + 1
+        self._leg["first_epoch"] = first + 1
+        log.info("%s: resuming after epoch %d (legs so far: %s)", self.path.parent, first, self._done_legs)
+        return first
+
+    def _read(self) -> tuple[dict, dict[str, np.ndarray]] | None:
+        if not self.path.exists():
+            return None
+        try:
+            with np.load(self.path) as z:
+                meta = json.loads(str(z["meta"]))
+                arrays = {k: z[k] for k in z.files if k != "meta"}
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:  # not one of ours
+            log.warning("discarding the resume checkpoint %s: it cannot be read (%s)", self.path, e)
+            return None
+        if meta.get("fingerprint") != self.fingerprint:
+            old = meta.get("fingerprint") or {}
+            changed = [k for k in self.fingerprint if old.get(k) != self.fingerprint[k]]
+            log.warning(
+                "discarding the resume checkpoint %s (epoch %s): it was made with other %s; training starts afresh",
+                self.path, meta.get("epoch", -1) + 1, ", ".join(changed),
+            )  # fmt: skip
+            return None
+        return meta, arrays
+
+    def legs(self, now: float) -> list[dict]:
+        """Every leg's first epoch, epochs finished and wall time; the current one up to `now`."""
+        return [*self._done_legs, {**self._leg, "wall_seconds": round(now - self._leg_start, 1)}]
 
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
-        if self.best_epoch == epoch and self.best_weights is not None:
-            tmp = self.best_weights_file.with_name("best.partial.npz")
-            np.savez(tmp, *self.best_weights)
-            tmp.replace(self.best_weights_file)
+        self.rows.append({"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}})
+        self._leg["epochs"] += 1
+        state, best = self.stopper.state()
+        meta = {
+            "fingerprint": self.fingerprint,
+            "epoch": epoch,
+            "stopped": bool(self.model.stop_training),
+            "early_stopping": state,
+            "history": self.rows,
+            "legs": self.legs(time.monotonic()),
+        }
+        arrays = {f"model_{i}": v.numpy() for i, v in enumerate(self.model.variables)}
+        arrays |= {f"optimizer_{i}": v.numpy() for i, v in enumerate(self.model.optimizer.variables)}
+        arrays |= {f"best_{i}": w for i, w in enumerate(best or [])}
+        _atomic(self.path, lambda p: np.savez(p, meta=np.array(json.dumps(meta)), **arrays))
 
 
-def read_history(path: Path) -> pd.DataFrame:
-    """Keras' CSV log, one row per epoch (0-based); a redone epoch keeps its last row."""
-    if not Path(path).exists():
-        return pd.DataFrame({"epoch": [], "val_loss": []})
-    log = pd.read_csv(path)
-    return log.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+def fingerprint(settings: dict, train_records, val_records) -> dict[str, str]:
+    """What a resume checkpoint is valid for: sha256 of the settings, of each split's shard contents
+    (in order), and of this module with the library modules it runs and the Keras/TensorFlow versions."""
+
+    def files(paths):
+        h = hashlib.sha256()
+        for p in paths:
+            with open(p, "rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
+        return h.hexdigest()
+
+    code = f"{_digest(Path(__file__).read_bytes())} {library_digest(__file__)} {keras.__version__} {tf.__version__}"
+    return {
+        "settings": _digest(json.dumps(settings, sort_keys=True).encode()),
+        "train_records": files(train_records),
+        "val_records": files(val_records),
+        "code": _digest(code.encode()),
+    }
 
 
-def _final_history(log: pd.DataFrame) -> pd.DataFrame:
-    log = log.rename(columns={"learning_rate": "lr"}).assign(epoch=log["epoch"] + 1)
-    return log[HISTORY_COLUMNS]
+def prediction_spread(model: keras.Model, ds: tf.data.Dataset) -> float:
+    """Largest range (max - min over the images) of any output unit's predicted probability."""
+    p = model.predict(ds, verbose=0)
+    return float((p.max(axis=0) - p.min(axis=0)).max())
 
 
-def _for_fit(ds: tf.data.Dataset, n: int, batch_size: int, n_classes: int) -> tf.data.Dataset:
-    """Known length (Keras shows progress, no out-of-data warning); one-hot labels for AUC."""
+def divergence(history: pd.DataFrame, spread: float) -> str | None:
+    """Why a training collapsed (a NaN/inf loss, constant validation predictions), or None."""
+    bad = history[~np.isfinite(history[["loss", "val_loss"]].to_numpy(float)).all(axis=1)]
+    if len(bad):
+        return f"loss not finite from epoch {int(bad['epoch'].iloc[0])} (learning rate {bad['lr'].iloc[0]:g})"
+    if not spread >= CONSTANT_SPREAD:
+        return f"constant validation predictions (they vary by {spread:.2g}, less than {CONSTANT_SPREAD:g})"
+    return None
+
+
+def _epochs(records, seed: int, epochs: range, cbc: fusion.CBCInputs | None, **batches) -> tf.data.Dataset:
+    """Training batches for `epochs`, one epoch after another, each shuffled with its own seed drawn
+    from (seed, epoch), so an epoch's order does not depend on where this run (re)started; with
+    `cbc`, the fused model's ((image, CBC), label) batches."""
+    seeds = [int(np.random.SeedSequence([seed, e]).generate_state(1)[0]) for e in epochs]
+    per_epoch = tf.data.Dataset.from_tensor_slices(tf.constant(seeds, tf.int64))
+    ds = per_epoch.flat_map(lambda s: make_dataset(records, shuffle=True, seed=s, with_ids=cbc is not None, **batches))
+    return ds if cbc is None else fusion.attach(ds, cbc)
+
+
+def _final_history(rows: pd.DataFrame) -> pd.DataFrame:
+    rows = rows.rename(columns={"learning_rate": "lr"}).assign(epoch=rows["epoch"] + 1)
+    return rows[HISTORY_COLUMNS]
+
+
+def _for_fit(ds: tf.data.Dataset, n_batches: int, n_classes: int) -> tf.data.Dataset:
+    """Known length (no out-of-data warning); one-hot labels for AUC."""
     if n_classes > 2:
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, n_classes)))
-    return ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
+    return ds.apply(tf.data.experimental.assert_cardinality(n_batches))
 
 
 def _class_weights(kind: str, counts: dict) -> dict[int, float] | None:
@@ -200,6 +345,10 @@ def _schedule(combo: dict, cyclic: dict):
     if combo["lr_policy"] == "constant":
         return lambda epoch: combo["lr"]
     raise ValueError(f"train.grid.lr_policy must be 'constant' or 'triangular', got {combo['lr_policy']!r}")
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _atomic(path: Path, write) -> None:

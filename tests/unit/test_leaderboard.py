@@ -22,8 +22,14 @@ def params(model, lr):
 
 
 ENTRIES = {
-    "m1_lr1e-3": (params("model_1", 1e-3), scores(0.70, 0.90, patient=0.8), {"epochs_run": 12, "best_epoch": 7, "wall_seconds": 31.5}),
-    "m2_lr1e-3": (params("model_2", 1e-3), scores(0.85, 0.80, test_bacc=0.81, patient=0.9), {"epochs_run": 9, "best_epoch": 4, "wall_seconds": 20.0}),
+    # resumed once: totals over both legs
+    "m1_lr1e-3": (params("model_1", 1e-3), scores(0.70, 0.90, patient=0.8),
+                  {"status": "ok", "epochs_run": 12, "best_epoch": 7, "wall_seconds": 31.5,
+                   "legs": [{"first_epoch": 1, "epochs": 5, "wall_seconds": 12.0},
+                            {"first_epoch": 6, "epochs": 7, "wall_seconds": 19.5}]}),
+    "m2_lr1e-3": (params("model_2", 1e-3), scores(0.85, 0.80, test_bacc=0.81, patient=0.9),
+                  {"status": "ok", "epochs_run": 9, "best_epoch": 4, "wall_seconds": 20.0,
+                   "legs": [{"first_epoch": 1, "epochs": 9, "wall_seconds": 20.0}]}),
     "m1_lr3e-4": (params("model_1", 3e-4), scores(0.70, 0.95, patient=0.7), None),
     "svm_rbf": ({"model": "svm_rbf"}, scores(0.60, 0.99, patient=0.6), {"wall_seconds": 4.0}),
 }
@@ -47,6 +53,29 @@ def test_columns_carry_params_training_and_metrics():
     assert board.loc["m1_lr1e-3", "wall_seconds"] == 31.5 and board.loc["m1_lr1e-3", "epochs"] == 12
     assert pd.isna(board.loc["m1_lr3e-4", "epochs"])  # no train.json
     assert pd.isna(board.loc["svm_rbf", "lr"])
+
+
+def test_training_totals_and_legs():
+    board = build_leaderboard(ENTRIES, "balanced_accuracy").set_index("combo")
+    assert board.loc["m1_lr1e-3", ["epochs", "wall_seconds", "legs"]].tolist() == [12, 31.5, 2]
+    assert board.loc["m2_lr1e-3", "legs"] == 1
+    assert pd.isna(board.loc["svm_rbf", "legs"]) and pd.isna(board.loc["m1_lr3e-4", "legs"])
+
+
+def test_diverged_combinations_are_marked_and_ranked_after_the_others(tmp_path):
+    # A collapsed model predicting the majority class: top accuracy, yet it must not win.
+    collapsed = (params("model_2", 1e-2), scores(0.5, 0.99),
+                 {"status": "diverged", "diverged_because": "constant validation predictions", "epochs_run": 6,
+                  "best_epoch": 1, "wall_seconds": 9.0, "legs": [{"first_epoch": 1, "epochs": 6, "wall_seconds": 9.0}]})
+    entries = dict(ENTRIES, m2_lr1e_2=collapsed)
+    for rank_by in ("accuracy", "balanced_accuracy"):
+        board = build_leaderboard(entries, rank_by)
+        assert board["combo"].iloc[-1] == "m2_lr1e_2" and board["status"].iloc[-1] == "diverged"
+        assert set(board["status"].iloc[:-1].dropna()) == {"ok"}
+    assert headline(build_leaderboard(entries, "accuracy"), "accuracy")["best"] == "svm_rbf"
+    write_leaderboard(build_leaderboard(entries, "accuracy"), tmp_path / "lb.csv", tmp_path / "lb.md")
+    last = (tmp_path / "lb.md").read_text().splitlines()[-1]
+    assert "m2_lr1e_2" in last and "diverged" in last
 
 
 def test_missing_metric_sorts_last_and_unknown_metric_is_reported():

@@ -5,6 +5,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import json  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
 
 import cv2  # noqa: E402
 import keras  # noqa: E402
@@ -15,7 +17,7 @@ import tensorflow as tf  # noqa: E402
 
 from hemaflow.data import make_dataset  # noqa: E402
 from hemaflow.records import encode_example, write_records  # noqa: E402
-from hemaflow.train import ResumableEarlyStopping, train_combo  # noqa: E402
+from hemaflow.train import ResumableEarlyStopping, divergence, fingerprint, train_combo  # noqa: E402
 
 SIZE = 32
 
@@ -115,11 +117,18 @@ def train(shards, out_dir, *, combo=COMBO, max_epochs=2, seed=11, callbacks=(), 
     )  # fmt: skip
 
 
+def val_batches(shards):
+    """The validation shards in file order, of known length (2 batches of 16 and 8)."""
+    ds = make_dataset(shards["val"], channels=4, n_classes=2, batch_size=16, shuffle=False, seed=0)
+    return ds.apply(tf.data.experimental.assert_cardinality(2))
+
+
 def weights_of(out_dir):
     return keras.models.load_model(out_dir / "model.keras", compile=False).get_weights()
 
 
-TRIANGULAR = dict(combo={**COMBO, "lr_policy": "triangular"}, max_epochs=3, class_weight="balanced",
+# matek_cnn has dropout, so resuming must restore its random state too.
+TRIANGULAR = dict(combo={**COMBO, "model": "matek_cnn", "lr_policy": "triangular"}, max_epochs=3, class_weight="balanced",
                   class_counts={0: 40, 1: 24})  # fmt: skip
 
 
@@ -139,9 +148,22 @@ def test_training_writes_every_output(trained):
     assert history["lr"].tolist() == pytest.approx([4e-3, 2.5e-3, 1e-3])
     assert json.loads((out / "train.json").read_text()) == info
     assert info["n_train"] == 64 and info["n_val"] == 24 and info["epochs_run"] == 3
-    assert info["best_epoch"] == int(history.loc[history["val_loss"].idxmin(), "epoch"])
+    assert info["status"] == "ok" and info["diverged_because"] is None
+    assert info["legs"] == [{"first_epoch": 1, "epochs": 3, "wall_seconds": info["wall_seconds"]}]
     assert {k: info[k] for k in COMBO} == TRIANGULAR["combo"]
     assert keras.models.load_model(out / "model.keras").output_shape == (None, 1)
+
+
+def test_the_saved_model_is_the_best_epochs(shards, trained):
+    """model.keras, scored here on the validation shards, has the lowest val_loss of the history,
+    and best_epoch names that epoch."""
+    out, info = trained
+    history = pd.read_csv(out / "history.csv")
+    model = keras.models.load_model(out / "model.keras")
+    loss = model.evaluate(val_batches(shards), verbose=0, return_dict=True)["loss"]
+    assert loss == pytest.approx(history["val_loss"].min(), rel=1e-5)
+    assert history.loc[history["epoch"] == info["best_epoch"], "val_loss"].item() == pytest.approx(loss, rel=1e-5)
+    assert history["val_loss"].nunique() == 3  # the epochs differ, so the check above tells them apart
 
 
 def test_same_seed_same_history_and_weights(shards, trained, tmp_path):
@@ -167,10 +189,17 @@ def test_multiclass_training_with_sgd(shards, tmp_path):
     assert isinstance(model.optimizer, keras.optimizers.SGD) and float(model.optimizer.momentum) == 0.9
 
 
+# ------------------------------------------------------------------ resume
+
+
 class Interrupt(keras.callbacks.Callback):
+    def __init__(self, after: int):
+        super().__init__()
+        self.after = after
+
     def on_epoch_end(self, epoch, logs=None):
-        if epoch == 1:
-            raise RuntimeError("simulated kill after the second epoch")
+        if epoch + 1 == self.after:
+            raise RuntimeError(f"simulated kill after epoch {self.after}")
 
 
 class Record(keras.callbacks.Callback):
@@ -182,33 +211,103 @@ class Record(keras.callbacks.Callback):
         self.epochs.append(epoch)
 
 
-def test_an_interrupted_run_resumes_from_its_last_epoch(shards, tmp_path):
+@pytest.mark.parametrize(
+    ("killed_after", "rerun", "legs"),
+    [(2, [2], [(1, 2), (3, 1)]), (3, [], [(1, 3), (4, 0)])],  # the second: killed before writing outputs
+)
+def test_a_killed_run_resumes_to_the_uninterrupted_result(shards, trained, tmp_path, killed_after, rerun, legs):
+    """Killed after epoch 2 (or 3) of 3 and rerun: epoch 3 only (or none), and the history and
+    weights of the uninterrupted run (same data order, optimizer and dropout RNG state, best
+    weights restored); both legs are counted."""
     with pytest.raises(RuntimeError, match="simulated kill"):
-        train(shards, tmp_path, max_epochs=4, callbacks=[Interrupt()])
-    assert not (tmp_path / "model.keras").exists()
-    assert not (tmp_path / "history.csv").exists()
-    assert (tmp_path / "_resume").is_dir()
-    before = pd.read_csv(tmp_path / "_resume" / "history.csv")
+        train(shards, tmp_path, seed=11, callbacks=[Interrupt(after=killed_after)], **TRIANGULAR)
+    assert not (tmp_path / "model.keras").exists() and not (tmp_path / "history.csv").exists()
+    assert (tmp_path / "_resume" / "state.npz").is_file()
 
     record = Record()
-    info = train(shards, tmp_path, max_epochs=4, callbacks=[record])
-    assert record.epochs == [2, 3]  # continued, not restarted
-    history = pd.read_csv(tmp_path / "history.csv")
-    assert history["epoch"].tolist() == [1, 2, 3, 4] and info["epochs_run"] == 4
-    assert history["lr"].tolist() == pytest.approx([1e-3] * 4)  # constant policy
-    assert history["loss"].tolist()[:2] == before["loss"].tolist()
+    info = train(shards, tmp_path, seed=11, callbacks=[record], **TRIANGULAR)
+    assert record.epochs == rerun  # continued, not restarted
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "history.csv"), pd.read_csv(trained[0] / "history.csv"))
+    assert all(np.array_equal(x, y) for x, y in zip(weights_of(tmp_path), weights_of(trained[0])))
+    assert [(leg["first_epoch"], leg["epochs"]) for leg in info["legs"]] == legs
+    assert info["epochs_run"] == 3 and info["best_epoch"] == trained[1]["best_epoch"]
+    assert info["wall_seconds"] == pytest.approx(sum(leg["wall_seconds"] for leg in info["legs"]), abs=0.11)
+    assert all(leg["wall_seconds"] > 0 for leg in info["legs"])
     assert not (tmp_path / "_resume").exists()
-    assert (tmp_path / "model.keras").exists()
 
 
-def test_early_stopping_state_is_replayed_on_resume(tmp_path):
+def test_a_checkpoint_for_other_settings_is_discarded(shards, tmp_path, caplog):
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(shards, tmp_path, callbacks=[Interrupt(after=1)])
+    record = Record()
+    with caplog.at_level(logging.WARNING, logger="hemaflow.train"):
+        info = train(shards, tmp_path, callbacks=[record], patience=4)
+    assert record.epochs == [0, 1]  # started afresh
+    assert [(leg["first_epoch"], leg["epochs"]) for leg in info["legs"]] == [(1, 2)]
+    assert "discarding the resume checkpoint" in caplog.text and "other settings" in caplog.text
+
+
+def test_the_fingerprint_follows_settings_shard_contents_and_code(shards, tmp_path):
+    settings = {"combo": COMBO, "seed": 1}
+    base = fingerprint(settings, shards["train"], shards["val"])
+    copies = [tmp_path / f"copy{i}.tfrecord" for i in range(2)]
+    for src, dst in zip(shards["train"], copies):
+        shutil.copy(src, dst)
+    assert fingerprint(settings, copies, shards["val"]) == base  # identity is content, not path or mtime
+    copies[1].write_bytes(copies[1].read_bytes()[:-1] + b"x")
+    changed = fingerprint(settings, copies, shards["val"])
+    assert changed["train_records"] != base["train_records"] and changed["val_records"] == base["val_records"]
+    assert fingerprint(settings, shards["train"][::-1], shards["val"])["train_records"] != base["train_records"]
+    other = fingerprint({**settings, "seed": 2}, shards["train"], shards["val"])
+    assert other["settings"] != base["settings"] and other["code"] == base["code"]
+
+
+def test_early_stopping_state_survives_a_resume():
+    """Restored mid-run (best 0.3 at epoch 1, one epoch without improvement), patience 2 runs out
+    at the next epoch without improvement; the restored best weights are the ones put back."""
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     best = [np.full(w.shape, 7.0, w.dtype) for w in model.get_weights()]
-    pd.DataFrame({"epoch": [0, 1, 2, 2], "val_loss": [0.5, 0.3, 0.9, 0.4]}).to_csv(tmp_path / "h.csv", index=False)
-    np.savez(tmp_path / "best.npz", *best)
-    es = ResumableEarlyStopping(tmp_path / "h.csv", tmp_path / "best.npz", patience=3)
+    es = ResumableEarlyStopping(patience=2)
     es.set_model(model)
+    es.restore({"best": 0.3, "best_epoch": 1, "wait": 1}, best)
     es.on_train_begin()
-    es.on_epoch_begin(3)  # resumed at epoch 3; epoch 2 was redone, its last row counts
-    assert es.best == 0.3 and es.best_epoch == 1 and es.wait == 1
-    assert all(np.array_equal(x, y) for x, y in zip(es.best_weights, best))
+    es.on_epoch_end(3, {"val_loss": 0.4})
+    assert model.stop_training and es.best_epoch == 1
+    es.on_train_end()
+    assert all(np.array_equal(x, y) for x, y in zip(model.get_weights(), best))
+    state, weights = es.state()
+    assert state == {"best": 0.3, "best_epoch": 1, "wait": 2} and weights is best
+
+
+# ------------------------------------------------------------------ divergence
+
+
+@pytest.mark.parametrize(
+    ("lr", "because"),
+    [(1e4, "constant validation predictions"), (1e12, "loss not finite from epoch 1")],  # dead ReLUs; overflow
+)
+def test_a_huge_learning_rate_is_marked_diverged_and_still_gives_a_usable_model(shards, tmp_path, caplog, lr, because):
+    with caplog.at_level(logging.WARNING, logger="hemaflow.train"):
+        info = train(shards, tmp_path, combo={**COMBO, "optimizer": "sgd", "lr": lr}, max_epochs=3)
+    assert info["status"] == "diverged" and info["diverged_because"].startswith(because)
+    assert (tmp_path / "curves.png").is_file()
+    assert json.loads((tmp_path / "train.json").read_text())["status"] == "diverged"
+    assert "diverged" in caplog.text
+    model = keras.models.load_model(tmp_path / "model.keras")
+    assert np.isfinite(model.predict(val_batches(shards), verbose=0)).all()  # evaluate can score it
+
+
+@pytest.mark.parametrize(
+    ("losses", "spread", "expected"),
+    [
+        ([0.7, 0.5, 0.4], 0.3, None),
+        ([0.7, 0.69, 0.69], 0.02, None),  # weak but not constant
+        ([0.7, 0.69, 0.69], 2e-7, "constant validation predictions"),
+        ([0.7, float("nan"), 0.4], 0.3, "loss not finite from epoch 2"),
+        ([0.7, 0.5, float("inf")], 0.0, "loss not finite from epoch 3"),
+    ],
+)
+def test_divergence_criterion(losses, spread, expected):
+    history = pd.DataFrame({"epoch": [1, 2, 3], "loss": losses, "val_loss": [0.6, 0.6, 0.6], "lr": [1e-3] * 3})
+    found = divergence(history, spread)
+    assert found is None if expected is None else found.startswith(expected)
