@@ -179,12 +179,12 @@ def test_missing_index_or_filelist_is_named(tmp_path):
 # Library keyword defaults that mirror a params default (conveniences for callers outside the
 # workflow, which always passes the config's value): they must say what the schema says.
 MIRRORED = [
-    ("hemaflow.preprocess", "render_all", "background", ("preprocess", "background")),
-    ("hemaflow.preprocess", "render_all", "size", ("preprocess", "size")),
-    ("hemaflow.preprocess", "render_all", "crop_to_content", ("preprocess", "crop_to_content")),
-    ("hemaflow.preprocess", "render_all", "pad_square", ("preprocess", "pad_square")),
-    ("hemaflow.preprocess", "render_all", "filter", ("preprocess", "filter")),
-    ("hemaflow.preprocess", "render_all", "fill", ("augment", "fill")),
+    ("hemaflow.preprocess", "prepare_source", "background", ("preprocess", "background")),
+    ("hemaflow.preprocess", "prepare_source", "size", ("preprocess", "size")),
+    ("hemaflow.preprocess", "prepare_source", "crop_to_content", ("preprocess", "crop_to_content")),
+    ("hemaflow.preprocess", "prepare_source", "pad_square", ("preprocess", "pad_square")),
+    ("hemaflow.preprocess", "prepare_source", "filter", ("preprocess", "filter")),
+    ("hemaflow.preprocess", "prepare_source", "fill", ("augment", "fill")),
     ("hemaflow.splits", "assign_splits", "ratios", ("split", "ratios")),
     ("hemaflow.splits", "assign_splits", "use_dataset_folds", ("split", "use_dataset_folds")),
     ("hemaflow.splits", "assign_splits", "val_fold", ("split", "val_fold")),

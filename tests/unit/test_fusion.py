@@ -166,9 +166,11 @@ def fused_run(tmp_path_factory):
     sheet = write_sheet(root / "sheet.csv")
     shards = write_shards(root / "shards", augmented)
     inputs = fusion.prepare(sheet, sources, splits, augmented)
+    train = augmented[augmented["split"] == "train"]
     info = train_combo(
         COMBO, train_records=shards["train"], val_records=shards["val"], channels=4, size=SIZE, n_classes=2,
         max_epochs=10, patience=10, cyclic={"step_size": 2, "scale": 4, "start_at": "max"}, seed=3,
+        class_counts=train["label_index"].value_counts().to_dict(), n_val=int((augmented["split"] == "val").sum()),
         out_dir=root / "model", cbc=inputs,
     )  # fmt: skip
     return root, sources, augmented, shards, info

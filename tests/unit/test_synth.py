@@ -174,7 +174,7 @@ def test_replica_sheet_covers_its_patients_and_leaves_the_images_unchanged(tmp_p
         p: (tmp_path / "with" / p).read_bytes() for p in files(tmp_path / "with")
     }
     sheet = read_sheet(tmp_path / "cbc.csv")
-    candidates = list_candidates("cnmc", tmp_path / "with", dataset="replica")
+    candidates, _ = list_candidates("cnmc", tmp_path / "with", dataset="replica")
     labelled = candidates.dropna(subset=["patient_id"]).drop_duplicates("patient_id").set_index("patient_id")
     assert set(labelled.index) <= set(sheet.index)  # every patient with cells has a row (ids spelled alike)
     assert len(sheet) == len(labelled) + 2  # plus the unlabelled final-phase patients: rows without cells
