@@ -53,20 +53,35 @@ def _class_logits(model, layer: str):
     import tensorflow as tf
 
     head = model.layers[-1]
+    if isinstance(model, keras.Sequential):
+        # A Sequential model loaded from model.keras has no symbolic head.input to build a
+        # sub-model from (seed 002/003/004's networks): run its layers in order instead.
+        def features(images):
+            x, conv = images, None
+            for lyr in model.layers[:-1]:
+                x = lyr(x, training=False)
+                conv = x if lyr.name == layer else conv
+            return conv, x
+
+    else:
+        feature_model = keras.Model(model.inputs, [model.get_layer(layer).output, head.input])
+
+        def features(images):
+            return feature_model(images, training=False)
+
     softmax_or_sigmoid = (keras.activations.sigmoid, keras.activations.softmax)
     if isinstance(head, keras.layers.Dense) and head.activation in softmax_or_sigmoid:
-        grad_model = keras.Model(model.inputs, [model.get_layer(layer).output, head.input])
 
         def logits(images):
-            conv, features = grad_model(images, training=False)
-            z = tf.matmul(features, head.kernel) + head.bias
+            conv, x = features(images)
+            z = tf.matmul(x, head.kernel) + head.bias
             return conv, tf.concat([-z, z], axis=1) if z.shape[-1] == 1 else z
 
         return logits
-    grad_model = keras.Model(model.inputs, [model.get_layer(layer).output, model.outputs[0]])
 
     def probabilities(images):
-        conv, p = grad_model(images, training=False)
+        conv, x = features(images)
+        p = head(x, training=False)
         return conv, tf.concat([1.0 - p, p], axis=1) if p.shape[-1] == 1 else p
 
     return probabilities

@@ -9,6 +9,8 @@ import pytest  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from hemaflow import explain  # noqa: E402
+from hemaflow.explain import gradcam  # noqa: E402
+from hemaflow.models import REGISTRY, build_model  # noqa: E402
 
 SIDE = 16
 SQUARE = (slice(2, 8), slice(2, 8))  # the bright square, top left
@@ -297,3 +299,18 @@ def test_explain_model_writes_overlays_table_and_sufficiency(detector, tmp_path,
     for fig in closed:
         plt.close(fig)
     assert summary["combo"] == "m" and summary["cells_explained"] == 6 and summary["lime_seconds_per_image"] > 0
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_gradcam_of_every_zoo_model_loaded_from_its_file(name, tmp_path):
+    """Sequential networks (seeds 002-004) loaded from model.keras have no symbolic layer inputs;
+    Grad-CAM must still explain them, and agree with the model it was saved from."""
+    import keras
+
+    built = build_model(name, (48, 48, 3), 2, 0.25)
+    built.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    x = np.random.default_rng(0).random((2, 48, 48, 3), dtype=np.float32)
+    heat = gradcam(loaded, x, np.array([1, 0]))
+    assert heat.shape == (2, 48, 48) and np.isfinite(heat).all() and heat.min() >= 0 and heat.max() <= 1
+    np.testing.assert_allclose(heat, gradcam(built, x, np.array([1, 0])), atol=1e-5)
