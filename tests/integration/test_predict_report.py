@@ -49,7 +49,8 @@ def test_predictions_equal_evaluate_on_the_holdout(predicted):
     assert (table["status"] == "ok").all()
     evaluated = pd.read_parquet(pipeline / f"results/evaluation/{best}/predictions.parquet").query("split == 'test'")
     rel = sources.set_index("image_id")["rel_path"]
-    evaluated = evaluated.assign(file=[str(pipeline / rel[i]) for i in evaluated["image_id"]]).set_index("file")
+    data_root = pipeline / Path(HOLDOUT).parents[1]  # rel_path is relative to data.root
+    evaluated = evaluated.assign(file=[str(data_root / rel[i]) for i in evaluated["image_id"]]).set_index("file")
     table = table.set_index("file").loc[evaluated.index]  # every holdout image, nothing else
     assert len(table) == len(evaluated) == int(sources["holdout"].sum())
     np.testing.assert_allclose(table[["p_hem", "p_all"]].to_numpy(), evaluated[["p_0", "p_1"]].to_numpy(), rtol=0, atol=1e-6)
