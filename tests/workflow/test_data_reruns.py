@@ -11,6 +11,12 @@ import yaml
 from hemaflow.grid import combos
 
 from harness import ROOT, copy_repo, planned_jobs, run, write_override
+from harness import params as default_params
+
+
+# The directory() outputs of the default DAG: the replica (its other output, the blood-count
+# sheet, is a file) and the explanation overlays.
+DIRECTORIES = {("synthesize", Path(default_params()["data"]["root"]).name), ("explain", "overlays")}
 
 
 def touch_all(work: Path, env, *args: str) -> None:
@@ -19,7 +25,7 @@ def touch_all(work: Path, env, *args: str) -> None:
     for line in table[1:]:
         path, _, rule, *_ = line.split("\t")
         target = work / path
-        if rule == "synthesize":  # a directory() output
+        if (rule, target.name) in DIRECTORIES:  # directory() outputs
             target.mkdir(parents=True, exist_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +52,7 @@ def test_changing_positive_class_reruns_only_what_uses_it(touched, tool_env, par
         "check_classes": 1,
         "evaluate": n_models,
         "leaderboard": 1,
+        "explain": 1,  # it reads the evaluation and the leaderboard
     }
 
 
@@ -54,7 +61,7 @@ def test_changing_the_cyclic_schedule_retrains_only_triangular_combinations(touc
     override = write_override(tmp_path, "cyclic.yaml", {"train": {"cyclic": cyclic}})
     triangular = sum(c["lr_policy"] == "triangular" for c in combos(params["train"], params["seed"]).values())
     assert 0 < triangular < len(combos(params["train"], params["seed"]))
-    assert planned_jobs(touched, tool_env, "--configfile", override) == {"train": triangular, "evaluate": triangular, "leaderboard": 1}
+    assert planned_jobs(touched, tool_env, "--configfile", override) == {"train": triangular, "evaluate": triangular, "leaderboard": 1, "explain": 1}
 
 
 def test_a_positive_class_that_is_no_class_fails_at_parse_time(touched, tool_env, tmp_path):
@@ -70,20 +77,22 @@ def test_editing_a_label_in_the_filelist_reruns_ingest_and_what_follows(tmp_path
     labels = work / "labels.csv"  # outside the root: the root directory's mtime would not show the edit
     labels.write_text("path,label\na.png,blast\nb.png,normal\n")
     data = {"adapter": "filelist", "name": "mine", "root": "data/raw/mine", "filelist": "labels.csv", "positive_class": "blast"}
-    override = write_override(tmp_path, "mine.yaml", {"data": data})
+    # no blood-count sheet for this set: no fused combination
+    override = write_override(tmp_path, "mine.yaml", {"data": {**data, "patient_sheet": None}, "train": {"fusion": []}})
     touch_all(work, tool_env, "--configfile", override)
     labels.write_text("path,label\na.png,blast\nb.png,blast\n")
     jobs = planned_jobs(work, tool_env, "--configfile", override)
     assert jobs.get("ingest") == 1 and jobs.get("split") == 1 and jobs.get("check_classes") == 1
-    assert "synthesize" not in jobs and jobs.get("train") == len(combos(params["train"], params["seed"]))
+    assert "synthesize" not in jobs and jobs.get("train") == len(combos({**params["train"], "fusion": []}, params["seed"]))
 
 
 def test_dvc_prepare_stage_reads_every_data_key_but_positive_class():
-    """DVC's view of the same narrowing: prepare lists each data key ingest reads, evaluate positive_class."""
+    """DVC's view of the same narrowing: prepare lists each data key ingest reads, evaluate positive_class
+    (and the blood-count sheet, which only the fused combinations read, is a file dep of train/evaluate)."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     schema = yaml.safe_load((ROOT / "workflow/schemas/params.schema.yaml").read_text())
     data_keys = {f"data.{k}" for k in schema["properties"]["data"]["properties"]}
     prepare = set(stages["prepare"]["params"])
     assert "data" not in prepare
-    assert {p for p in prepare if p.startswith("data.")} == data_keys - {"data.positive_class"}
+    assert {p for p in prepare if p.startswith("data.")} == data_keys - {"data.positive_class", "data.patient_sheet"}
     assert "data.positive_class" in stages["evaluate"]["params"]
