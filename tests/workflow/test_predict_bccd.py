@@ -32,13 +32,14 @@ def bccd_run(tmp_path_factory, tool_env):
     picked = [p for d in sorted(BCCD.iterdir()) if d.is_dir() for p in sorted(d.glob("*.jpg"))[:PER_CLASS]]
     (work / "bccd-index.txt").write_text("".join(f"{p.relative_to(BCCD)}\n" for p in picked))
     override = write_override(work, "bccd.yaml", {
-        "data": {"adapter": "folders", "name": "bccd", "root": str(BCCD), "index": "bccd-index.txt"},
+        "data": {"adapter": "folders", "name": "bccd", "root": str(BCCD), "index": "bccd-index.txt",
+                 "patient_sheet": None},
         "split": {"use_dataset_folds": False, "ratios": [2, 1, 1]},
         "preprocess": PREPROCESS,
         "augment": {"rotations": 1, "mirror": False, "random_copies": 0, "shards": {"train": 1, "val": 1, "test": 1}},
         "train": {"grid": {"model": ["model_1"], "optimizer": ["adam"], "lr": [0.001], "lr_policy": ["constant"],
                            "batch_size": [16], "dropout": [0.25]},
-                  "max_epochs": 1, "patience": 1, "baseline_svm": False},
+                  "fusion": [], "max_epochs": 1, "patience": 1, "baseline_svm": False},
     })
     snakemake(work, tool_env, "evaluation", "--configfile", override)
     (combo,) = [p.parent.name for p in (work / "results/models").glob("*/model.keras")]
