@@ -104,9 +104,10 @@ def test_without_patients_duplicates_stay_together_and_leakage_is_noted(fake_sou
     assert splits.group.nunique() == len(sources) - 2
 
 
-def test_quarantined_rows_get_no_split(fake_sources):
+@pytest.mark.parametrize(("status", "reason"), [("quarantined", "truncated"), ("skipped", "hidden")])
+def test_unusable_rows_get_no_split(fake_sources, status, reason):
     sources = fake_sources(n_patients=30)
-    sources.loc[:4, ["status", "reason"]] = ["quarantined", "truncated"]
+    sources.loc[:4, ["status", "reason"]] = [status, reason]
     splits, _ = assign_splits(sources, seed=0, use_dataset_folds=False)
     assert set(splits.image_id) == set(sources.image_id[5:])
 
@@ -152,13 +153,6 @@ def test_pyproject_requires_the_pandas_whose_strings_the_manifests_use():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     pandas = next(Requirement(d) for d in deps if Requirement(d).name == "pandas")
     assert "2.2.3" not in pandas.specifier and "3.1.1" in pandas.specifier
-def test_skipped_rows_get_no_split(fake_sources):
-    sources = fake_sources(n_patients=30)
-    sources.loc[:4, ["status", "reason"]] = ["skipped", "hidden"]
-    splits, _ = assign_splits(sources, seed=0, use_dataset_folds=False)
-    assert set(splits.image_id) == set(sources.image_id[5:])
-
-
 def test_a_class_missing_from_a_split_is_named_with_the_option_to_change(fake_sources, replica):
     sources = fake_sources(n_patients=40)
     rare = sources.patient_id.isin(["P1", "P2"])  # two patients cannot fill three splits
