@@ -23,6 +23,17 @@ S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 TARGET_RULES = {"all", "replica", "prepare", "models", "evaluation", "explanation"}
 
 
+def _local_rules() -> frozenset[str]:
+    """The Snakefile's `localrules:` block: rules that run on the submitting host, never as cluster jobs."""
+    block = re.search(r"^localrules:\n((?:[ \t]+\w+,?[ \t]*\n)+)", (ROOT / "Snakefile").read_text(), re.M)
+    if block is None:
+        raise RuntimeError(f"No `localrules:` block found in {ROOT / 'Snakefile'}")
+    return frozenset(re.findall(r"\w+", block.group(1)))
+
+
+LOCAL_RULES = _local_rules()
+
+
 def tool_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for git/dvc/snakemake subprocesses: the venv first on PATH, config isolated in `home`."""
     dvc_global = home / "dvc-global"
