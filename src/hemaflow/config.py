@@ -92,6 +92,8 @@ def _describe(error: jsonschema.ValidationError, layers: Layers) -> str:
     elif error.validator == "type" and error.validator_value == "integer" and isinstance(error.instance, float):
         whole = f"{int(error.instance)} (no decimal point)" if error.instance.is_integer() else "a whole number"
         msg = f"{key}: {error.instance!r} is not an integer; write {whole}"
+    elif error.validator == "anyOf":  # the alternatives are spelled out in the key's description
+        msg = f"{key}: {error.instance!r} is not allowed"
     else:
         msg = f"{key}: {error.message}"
     return f"{source_of(path, layers)}: {msg}{f' ({hint})' if hint else ''}"

@@ -37,6 +37,18 @@ from hemaflow.schedules import triangular
 
 log = logging.getLogger(__name__)
 
+
+def use_threads(n: int) -> None:
+    """Run TensorFlow's ops on `n` threads (intra- and inter-op); call before any TensorFlow op.
+
+    Results are byte-identical for a fixed `n` (op determinism is on), but float sums are
+    split differently for another `n`, so models trained on 1 and on 2 threads differ slightly.
+    """
+    if n < 1:
+        raise ValueError(f"train.threads must be at least 1, got {n}")
+    tf.config.threading.set_intra_op_parallelism_threads(n)
+    tf.config.threading.set_inter_op_parallelism_threads(n)
+
 HISTORY_COLUMNS = ["epoch", "loss", "val_loss", "accuracy", "val_accuracy", "auc", "val_auc", "lr"]
 # Validation probabilities that vary by less than this over all validation images (max - min, per
 # output unit) mean the network outputs a constant: it has collapsed (dead units) and is marked
@@ -63,6 +75,7 @@ def train_combo(
     history_path: str | os.PathLike | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     cbc: fusion.CBCInputs | None = None,
+    threads: int = 1,
 ) -> dict:
     """Fit combo {model, optimizer, lr, lr_policy, batch_size, dropout}; return what train.json holds.
 
@@ -74,6 +87,8 @@ def train_combo(
     val_records) come from the shard manifests: counting records would read every one.
     `callbacks` are appended after the pipeline's own (tests use them to interrupt a run).
     With `cbc` (combo inputs "image+cbc") the model is the fused two-input one (hemaflow.fusion).
+    `threads` is the thread count TensorFlow was given (use_threads): recorded in train.json and
+    in the checkpoint's fingerprint, since another count gives slightly different weights.
     """
     start = time.monotonic()
     out = Path(out_dir)
@@ -83,7 +98,7 @@ def train_combo(
     counts = {str(int(c)): int(n) for c, n in sorted((class_counts or {}).items())} or None
     settings = dict(combo=combo, channels=channels, size=size, n_classes=n_classes, max_epochs=max_epochs,
                     patience=patience, cyclic=cyclic, class_weight=class_weight, class_counts=counts, seed=seed,
-                    cbc=cbc.stats.to_dict() if cbc is not None else None)  # fmt: skip
+                    cbc=cbc.stats.to_dict() if cbc is not None else None, threads=threads)  # fmt: skip
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
@@ -149,6 +164,7 @@ def train_combo(
         "val_prediction_spread": spread,
         "n_train": n_train,
         "n_val": n_val,
+        "threads": threads,
         **({"cbc": cbc.stats.to_dict()} if cbc is not None else {}),
     }
     _write_outputs(out, Path(history_path or out / "history.csv"), model, history, info)

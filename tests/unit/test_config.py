@@ -51,6 +51,16 @@ def test_enum_error_names_key_and_allowed_values(params):
     assert "'alfa'" in msg and "'alpha'" in msg and "'natural'" in msg
 
 
+@pytest.mark.parametrize("value", [0, "two", 2.5])
+def test_a_key_with_alternatives_names_them(params, value):
+    params["train"]["threads"] = value
+    with pytest.raises(ParamsError) as e:
+        validate_params(params, SCHEMA)
+    msg = str(e.value)
+    assert f"params.yaml: train.threads: {value!r} is not allowed (" in msg
+    assert "all (the cores Snakemake was given" in msg and "a whole number from 1" in msg
+
+
 def test_unknown_key_is_named_with_the_known_ones(params):
     params["augment"]["rotation"] = 36  # typo for `rotations`
     with pytest.raises(ParamsError) as e:

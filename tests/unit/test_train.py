@@ -7,6 +7,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 import cv2  # noqa: E402
 import keras  # noqa: E402
@@ -17,7 +19,7 @@ import tensorflow as tf  # noqa: E402
 
 from hemaflow.data import make_dataset  # noqa: E402
 from hemaflow.records import encode_example, write_records  # noqa: E402
-from hemaflow.train import ResumableEarlyStopping, divergence, fingerprint, train_combo  # noqa: E402
+from hemaflow.train import ResumableEarlyStopping, divergence, fingerprint, train_combo, use_threads  # noqa: E402
 
 SIZE = 32
 
@@ -144,8 +146,8 @@ def test_training_writes_every_output(trained):
     history = pd.read_csv(out / "history.csv")
     assert list(history.columns) == ["epoch", "loss", "val_loss", "accuracy", "val_accuracy", "auc", "val_auc", "lr"]
     assert history["epoch"].tolist() == [1, 2, 3]
-    # triangular, step_size 2, scale 4, from the max
-    assert history["lr"].tolist() == pytest.approx([4e-3, 2.5e-3, 1e-3])
+    # triangular around a mean of 1e-3: step_size 2, scale 4, from the max (1.6e-3) to the min (4e-4)
+    assert history["lr"].tolist() == pytest.approx([1.6e-3, 1e-3, 4e-4])
     assert json.loads((out / "train.json").read_text()) == info
     assert info["n_train"] == 64 and info["n_val"] == 24 and info["epochs_run"] == 3
     assert info["status"] == "ok" and info["diverged_because"] is None
@@ -187,6 +189,52 @@ def test_multiclass_training_with_sgd(shards, tmp_path):
     model = keras.models.load_model(tmp_path / "model.keras")  # loads without any hemaflow import
     assert model.output_shape == (None, 3)
     assert isinstance(model.optimizer, keras.optimizers.SGD) and float(model.optimizer.momentum) == 0.9
+
+
+# ------------------------------------------------------------------ threads
+
+IN_FRESH_PROCESS = """
+import json, sys
+from hemaflow.train import train_combo, use_threads
+args = json.loads(sys.argv[1])
+use_threads(args.pop("threads_for_tf"))
+train_combo(**args)
+"""
+
+
+def train_in_fresh_process(shards, out_dir, threads):
+    """train() in a new interpreter: TensorFlow's thread pools are fixed once it has run an op."""
+    args = dict(combo=TRIANGULAR["combo"], train_records=[str(p) for p in shards["train"]],
+                val_records=[str(p) for p in shards["val"]], channels=4, size=SIZE, n_classes=2, max_epochs=2,
+                patience=5, cyclic=CYCLIC, class_weight="none", class_counts={0: 32, 1: 32}, n_val=24, seed=11,
+                out_dir=str(out_dir), threads=threads, threads_for_tf=threads)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", IN_FRESH_PROCESS, json.dumps(args)], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out_dir / "train.json").read_text())
+
+
+def test_two_threads_twice_give_the_same_weights_and_record_the_count(shards, tmp_path):
+    a = train_in_fresh_process(shards, tmp_path / "a", threads=2)
+    b = train_in_fresh_process(shards, tmp_path / "b", threads=2)
+    assert a["threads"] == b["threads"] == 2
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a/history.csv"), pd.read_csv(tmp_path / "b/history.csv"))
+    assert all(np.array_equal(x, y) for x, y in zip(weights_of(tmp_path / "a"), weights_of(tmp_path / "b")))
+
+
+def test_a_checkpoint_of_another_thread_count_is_not_resumed(shards, tmp_path):
+    """Epochs from 1 thread continued on 2 would give weights that neither count gives alone."""
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(shards, tmp_path, callbacks=[Interrupt(after=1)], threads=1)
+    record = Record()
+    info = train(shards, tmp_path, callbacks=[record], threads=2)
+    assert record.epochs == [0, 1] and info["threads"] == 2  # started afresh
+
+
+def test_use_threads_rejects_zero():
+    with pytest.raises(ValueError, match="train.threads must be at least 1"):
+        use_threads(0)
 
 
 # ------------------------------------------------------------------ resume

@@ -120,6 +120,12 @@ def augment_params(wildcards):
     return None
 
 
+def train_threads():
+    """Threads of a training job: train.threads, `all` meaning every core this run was given."""
+    threads = config["train"]["threads"]
+    return (workflow.cores or 1) if threads == "all" else threads
+
+
 def train_settings(wildcards):
     """The train keys a combination's job reads: the cyclic schedule only when its lr_policy is triangular.
     Sorted, since Snakemake compares params as text and a --configfile overlay reorders keys."""

@@ -29,7 +29,7 @@ rule train:
         channels=channels(),
         preprocess=config["preprocess"],
         seed=config["seed"],
-    threads: 1
+    threads: train_threads()
     resources:
         mem_mb=4000,
     conda:

@@ -5,16 +5,14 @@ from hemaflow.logs import to_log
 to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
 
 import pandas as pd
-import tensorflow as tf
 
 from hemaflow import fusion
 from hemaflow.grid import is_fused
 from hemaflow.manifest import read_classes, read_manifest
 from hemaflow.model_params import record
-from hemaflow.train import train_combo
+from hemaflow.train import train_combo, use_threads
 
-tf.config.threading.set_intra_op_parallelism_threads(snakemake.threads)
-tf.config.threading.set_inter_op_parallelism_threads(snakemake.threads)
+use_threads(snakemake.threads)
 
 # Counts from the shard manifests: counting the records would read every one of them.
 train_rows = pd.concat([pd.read_parquet(p, columns=["label_index"]) for p in snakemake.input.manifests])
@@ -45,4 +43,5 @@ train_combo(
     out_dir=snakemake.output.model.rsplit("/", 1)[0],
     history_path=snakemake.output.history,
     cbc=cbc,
+    threads=snakemake.threads,
 )
