@@ -303,10 +303,20 @@ def class_counts(n_classes: int, cells_per_class, imbalance: float) -> list[int]
 def _phenotypes(rng, n: int) -> list[dict]:
     """Each class's centre in blast-likeness, its tint and its cytoplasm-to-nucleus ratio: close
     enough between neighbouring classes that single cells overlap."""
-    s = rng.permutation(np.linspace(0.1, 0.9, n))
+    s = rng.permutation(np.linspace(0.3, 0.7, n))
     tint = rng.permutation(np.linspace(-0.07, 0.07, n))
     cyto = rng.permutation(np.linspace(1.15, 1.9, n))
     return [{"s": float(a), "tint": float(b), "cyto": float(c)} for a, b, c in zip(s, tint, cyto)]
+
+
+def _owners(rng, counts: list[int], n_patients: int) -> list[np.ndarray]:
+    """Each class's cells' patient indices, every patient with cells. Two classes: a diagnosis per
+    patient (patients alternate between the classes, as C-NMC's), which patient-level evaluation
+    needs; more classes: the cell types of one smear, every patient with cells of several classes."""
+    if len(counts) == 2 and n_patients >= 2:
+        return [np.arange(c, n_patients, 2)[rng.permutation(np.arange(n) % len(range(c, n_patients, 2)))]
+                for c, n in enumerate(counts)]  # fmt: skip
+    return np.split(rng.permutation(np.arange(sum(counts)) % n_patients), np.cumsum(counts)[:-1])
 
 
 def render_smear_cell(rng, phenotype: dict, stain: np.ndarray, size: int, grid) -> np.ndarray:
@@ -318,7 +328,7 @@ def render_smear_cell(rng, phenotype: dict, stain: np.ndarray, size: int, grid) 
         r = size * rng.uniform(0.12, 0.18)
         disc = np.clip((r - np.hypot(x - cx, y - cy)) / 1.5, 0.0, 1.0)[..., None]
         out = out * (1 - disc) + disc * RED_CELL
-    s = float(np.clip(rng.normal(phenotype["s"], 0.1), 0.0, 1.0))
+    s = float(np.clip(rng.normal(phenotype["s"], 0.12), 0.0, 1.0))
     tint = phenotype["tint"] + rng.normal(0.0, 0.03)
     tinted = stain * np.exp(np.array([tint, 0.0, -tint]))
     nucleus = render_cell(rng, s, tinted, size, grid)
@@ -345,7 +355,7 @@ def generate_folder_replica(
     by the folders adapter like a user's own folders; returns the class names.
 
     Names are `P007_0003.png` (patient 7, its cell 3; `data.patient_regex: '^(?P<patient>P\\d+)_'`)
-    with `patients` > 0, each patient with its own stain and cells of every class, else `0003.png`.
+    with `patients` > 0, each patient with its own stain (`_owners` assigns cells), else `0003.png`.
     """
     names = class_names(classes)
     counts = class_counts(len(names), cells_per_class, imbalance)
@@ -354,10 +364,10 @@ def generate_folder_replica(
     rng = np.random.default_rng(ss.spawn(1)[0])
     phenotypes = _phenotypes(rng, len(names))
     stains = [_stain(rng) for _ in range(max(patients, 1))]
+    owners_all = _owners(rng, counts, len(stains))
     grid = _grid(image_size)
-    for name, n, phenotype, child in zip(names, counts, phenotypes, ss.spawn(len(names))):
+    for name, owners, phenotype, child in zip(names, owners_all, phenotypes, ss.spawn(len(names))):
         crng = np.random.default_rng(child)
-        owners = crng.integers(0, len(stains), n)
         seen = {}
         for owner in owners:
             seen[owner] = seen.get(owner, 0) + 1
