@@ -91,6 +91,12 @@ def list_candidates(
     return _finish(rows, root, dataset, class_list, label_map, check=bool(classes)), class_list
 
 
+def reader(adapter: str, synthetic_layout: str = "cnmc") -> str:
+    """The adapter that reads data.adapter's files: the replica of synthetic.layout `folders` is
+    read like a user's class folders (the `synthetic` alias otherwise reads it as C-NMC)."""
+    return "folders" if adapter == "synthetic" and synthetic_layout == "folders" else adapter
+
+
 def known_classes(adapter: str, classes=None, label_map: dict | None = None) -> tuple[str, ...] | None:
     """The class list when it is known before reading the data (data.classes, or C-NMC's), else None."""
     if classes:

@@ -150,3 +150,13 @@ def check_data_paths(data: Mapping, project: str | Path, layers: Layers) -> None
         check("filelist", Path.is_file, "the file list", "Point data.filelist at the CSV with columns path,label[,patient_id]")
     if problems:
         raise ParamsError("The data the configuration points at is missing:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def check_replica(config: Mapping, layers: Layers) -> None:
+    """The class-per-folder replica writes no blood-count sheet, so data.patient_sheet must be null."""
+    sheet = config["data"]["patient_sheet"]
+    if config["data"]["adapter"] == "synthetic" and config["synthetic"]["layout"] == "folders" and sheet:
+        raise ParamsError(
+            f"{source_of(['data', 'patient_sheet'], layers)}: data.patient_sheet: {sheet!r}: synthetic.layout "
+            "'folders' writes no blood-count sheet; set data.patient_sheet: null (and train.fusion: [])"
+        )

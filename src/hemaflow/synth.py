@@ -1,6 +1,7 @@
-"""A deterministic synthetic replica of the C-NMC 2019 release: same layout, names and quirks.
+"""Deterministic synthetic replicas: the C-NMC 2019 release (same layout, names and quirks), or
+a class-per-folder set of natural-background smear crops (`generate_folder_replica`).
 
-Each cell is drawn from a latent "blast-likeness" s in [0, 1]: size, contour irregularity,
+Each C-NMC cell is drawn from a latent "blast-likeness" s in [0, 1]: size, contour irregularity,
 chromatin coarseness, nucleoli and darkness all grow with s, each with its own noise, and a
 minority of cells take the other class's phenotype, so the task is learnable but not
 trivial. docs/synthetic-replica.md describes the construction.
@@ -214,14 +215,10 @@ def generate_cnmc_replica(
 ) -> None:
     """Write the replica under `root` (built beside it, then renamed: no half-written replica)
     and, if `patient_sheet` is a path, the patients' blood counts there (`cbc_sheet`)."""
-    root = Path(root)
-    if root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"{root} exists and is not empty; delete it or choose another data.root")
     lo, hi = cells_per_patient
     if not 1 <= lo <= hi:
         raise ValueError(f"synthetic.cells_per_patient must be [min, max] with 1 <= min <= max, got {cells_per_patient}")
-    tmp = root.with_name(root.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    root, tmp = _partial_root(root)
     ss = np.random.SeedSequence(seed)
     rng = np.random.default_rng(ss.spawn(1)[0])
     patients = _patients(rng, folds, patients_per_fold, holdout_patients)
@@ -257,7 +254,127 @@ def generate_cnmc_replica(
         partial = sheet_path.with_name(sheet_path.name + ".partial")
         sheet.to_csv(partial, index=False, lineterminator="\n")
         partial.replace(sheet_path)
+    _publish(tmp, root)
+
+
+def _partial_root(root) -> tuple[Path, Path]:
+    """(root, the empty directory beside it to build the replica in); refuses a non-empty root."""
+    root = Path(root)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} exists and is not empty; delete it or choose another data.root")
+    tmp = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return root, tmp
+
+
+def _publish(tmp: Path, root: Path) -> None:
+    """Rename the finished replica into place: no half-written replica is ever at `root`."""
     if root.exists():
         root.rmdir()
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(root)
+
+
+# ---------------------------------------------------------------- class-per-folder replica
+# Smear background (RGB, 0..1): pale pink plasma, and the red cells scattered over it.
+PLASMA = np.array([0.93, 0.87, 0.89])
+RED_CELL = np.array([0.90, 0.66, 0.70])
+
+
+def class_names(classes) -> list[str]:
+    """synthetic.classes: a list of names, or a count (class_00, class_01, ...)."""
+    if isinstance(classes, int):
+        return [f"class_{i:02d}" for i in range(classes)]
+    return [str(c) for c in classes]
+
+
+def class_counts(n_classes: int, cells_per_class, imbalance: float) -> list[int]:
+    """Cells per class: the given list, or `cells_per_class` for the first class falling
+    geometrically to `cells_per_class / imbalance` for the last (imbalance 1 = balanced)."""
+    if isinstance(cells_per_class, list):
+        if len(cells_per_class) != n_classes:
+            raise ValueError(f"synthetic.cells_per_class lists {len(cells_per_class)} counts for "
+                             f"{n_classes} classes; give one count per class or a single number")  # fmt: skip
+        return [int(c) for c in cells_per_class]
+    ratio = np.float64(imbalance) ** (-np.arange(n_classes) / max(n_classes - 1, 1))
+    return [max(1, int(round(cells_per_class * r))) for r in ratio]
+
+
+def _phenotypes(rng, n: int) -> list[dict]:
+    """Each class's centre in blast-likeness, its tint and its cytoplasm-to-nucleus ratio: close
+    enough between neighbouring classes that single cells overlap."""
+    s = rng.permutation(np.linspace(0.3, 0.7, n))
+    tint = rng.permutation(np.linspace(-0.07, 0.07, n))
+    cyto = rng.permutation(np.linspace(1.15, 1.9, n))
+    return [{"s": float(a), "tint": float(b), "cyto": float(c)} for a, b, c in zip(s, tint, cyto)]
+
+
+def _owners(rng, counts: list[int], n_patients: int) -> list[np.ndarray]:
+    """Each class's cells' patient indices, every patient with cells. Two classes: a diagnosis per
+    patient (patients alternate between the classes, as C-NMC's), which patient-level evaluation
+    needs; more classes: the cell types of one smear, every patient with cells of several classes."""
+    if len(counts) == 2 and n_patients >= 2:
+        return [np.arange(c, n_patients, 2)[rng.permutation(np.arange(n) % len(range(c, n_patients, 2)))]
+                for c, n in enumerate(counts)]  # fmt: skip
+    return np.split(rng.permutation(np.arange(sum(counts)) % n_patients), np.cumsum(counts)[:-1])
+
+
+def render_smear_cell(rng, phenotype: dict, stain: np.ndarray, size: int, grid) -> np.ndarray:
+    """One cell on a smear background: red cells on plasma, a cytoplasm disc, `render_cell`'s nucleus."""
+    x, y = grid
+    out = np.broadcast_to(PLASMA * rng.normal(1.0, 0.01), (size, size, 3)).copy()
+    for _ in range(rng.integers(1, 4)):  # red cells, partly off the crop
+        cx, cy = rng.uniform(-0.6, 0.6, 2) * size
+        r = size * rng.uniform(0.12, 0.18)
+        disc = np.clip((r - np.hypot(x - cx, y - cy)) / 1.5, 0.0, 1.0)[..., None]
+        out = out * (1 - disc) + disc * RED_CELL
+    s = float(np.clip(rng.normal(phenotype["s"], 0.12), 0.0, 1.0))
+    tint = phenotype["tint"] + rng.normal(0.0, 0.03)
+    tinted = stain * np.exp(np.array([tint, 0.0, -tint]))
+    nucleus = render_cell(rng, s, tinted, size, grid)
+    inside = nucleus.any(axis=2)
+    r_cyto = min(np.sqrt(inside.sum() / np.pi) * phenotype["cyto"] * rng.normal(1.0, 0.08), 0.48 * size)
+    cyto = np.clip((r_cyto - np.hypot(x, y)) / 1.5, 0.0, 1.0)[..., None]
+    out = out * (1 - cyto) + cyto * np.clip(tinted * 1.05 + 0.1, 0.0, 1.0)
+    out = np.where(inside[..., None], nucleus / 255.0, out)
+    out += rng.normal(0.0, 0.01, out.shape)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def generate_folder_replica(
+    root,
+    *,
+    seed: int,
+    classes,
+    cells_per_class,
+    imbalance: float,
+    patients: int,
+    image_size: int,
+) -> list[str]:
+    """Write a class-per-folder replica under `root`: `<class>/<name>.png` RGB smear crops, read
+    by the folders adapter like a user's own folders; returns the class names.
+
+    Names are `P007_0003.png` (patient 7, its cell 3; `data.patient_regex: '^(?P<patient>P\\d+)_'`)
+    with `patients` > 0, each patient with its own stain (`_owners` assigns cells), else `0003.png`.
+    """
+    names = class_names(classes)
+    counts = class_counts(len(names), cells_per_class, imbalance)
+    root, tmp = _partial_root(root)
+    ss = np.random.SeedSequence(seed)
+    rng = np.random.default_rng(ss.spawn(1)[0])
+    phenotypes = _phenotypes(rng, len(names))
+    stains = [_stain(rng) for _ in range(max(patients, 1))]
+    owners_all = _owners(rng, counts, len(stains))
+    grid = _grid(image_size)
+    for name, owners, phenotype, child in zip(names, owners_all, phenotypes, ss.spawn(len(names))):
+        crng = np.random.default_rng(child)
+        seen = {}
+        for owner in owners:
+            seen[owner] = seen.get(owner, 0) + 1
+            stem = f"P{owner + 1:03d}_{seen[owner]:04d}" if patients else f"{seen[owner]:04d}"
+            rgb = render_smear_cell(crng, phenotype, stains[owner], image_size, grid)
+            path = tmp / name / f"{stem}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb, "RGB").save(path, format="PNG")
+    _publish(tmp, root)
+    return names

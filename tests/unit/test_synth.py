@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from hemaflow.synth import generate_cnmc_replica
+from hemaflow.adapters import list_candidates, reader
+from hemaflow.synth import class_counts, generate_cnmc_replica, generate_folder_replica
 
 REFERENCE_INDEX = Path(__file__).resolve().parents[3] / "shared/reference/cnmc-file-index.txt"
 
@@ -180,3 +181,69 @@ def test_replica_sheet_covers_its_patients_and_leaves_the_images_unchanged(tmp_p
     assert len(sheet) == len(labelled) + 2  # plus the unlabelled final-phase patients: rows without cells
     raw = pd.read_csv(tmp_path / "cbc.csv", dtype=str)
     assert raw.filter(["name", "age", "sex", "sample_date"]).notna().all().all()
+
+
+# ---------------------------------------------------------------- class-per-folder replica (synthetic.layout: folders)
+FOLDERS = {"classes": ["blast", "lymphocyte", "neutrophil"], "cells_per_class": 12, "imbalance": 4.0,
+           "patients": 3, "image_size": 64}  # fmt: skip
+PATIENT_REGEX = r"^(?P<patient>P\d+)_"  # what README and the presets give data.patient_regex
+
+
+def test_folder_replica_layout_names_and_imbalanced_counts(tmp_path):
+    root = tmp_path / "r"
+    assert generate_folder_replica(root, seed=3, **FOLDERS) == FOLDERS["classes"]
+    paths = files(root)
+    assert {p.split("/")[0] for p in paths} == set(FOLDERS["classes"])
+    assert all(re.fullmatch(r"[a-z]+/P00[1-3]_\d{4}\.png", p) for p in paths), paths
+    counts = [sum(p.startswith(c + "/") for p in paths) for c in FOLDERS["classes"]]
+    assert counts == [12, 6, 3]  # 12 falling geometrically to 12 / 4
+    with Image.open(root / paths[0]) as im:
+        assert (im.format, im.mode, im.size) == ("PNG", "RGB", (64, 64))
+        rgb = np.asarray(im)
+    assert rgb[0, 0].min() > 150 and rgb[32, 32].max() < rgb[0, 0].min()  # light smear, darker nucleus
+
+
+def test_class_counts_per_class_list_and_ratio():
+    assert class_counts(2, [50, 5], 1.0) == [50, 5]
+    assert class_counts(3, 10, 1.0) == [10, 10, 10]
+    assert class_counts(21, 200, 20.0)[-1] == 10
+    with pytest.raises(ValueError, match="synthetic.cells_per_class"):
+        class_counts(3, [1, 2], 1.0)
+
+
+def test_folder_replica_is_byte_identical_for_a_seed_and_counts_name_the_classes(tmp_path):
+    def generate(name, seed, **kw):
+        root = tmp_path / name
+        generate_folder_replica(root, seed=seed, **{**FOLDERS, **kw})
+        return {p: (root / p).read_bytes() for p in files(root)}
+
+    first, again, other = generate("a", 3), generate("b", 3), generate("c", 4)
+    assert first == again and first != other
+    plain = generate("d", 3, classes=2, patients=0, imbalance=1.0)
+    assert sorted(plain) == [f"class_{c:02d}/{i:04d}.png" for c in range(2) for i in range(1, 13)]
+
+
+def test_folder_replica_is_read_by_the_folders_adapter_with_patients(tmp_path):
+    root = tmp_path / "r"
+    generate_folder_replica(root, seed=3, **FOLDERS)
+    assert reader("synthetic", "folders") == "folders" and reader("synthetic", "cnmc") == "synthetic"
+    rows, classes = list_candidates(reader("synthetic", "folders"), root, patient_regex=PATIENT_REGEX, dataset="t")
+    assert list(classes) == sorted(FOLDERS["classes"])
+    assert rows["reason"].isna().all()
+    assert set(rows["patient_id"]) == {"P001", "P002", "P003"}
+    assert (rows["label"] == rows["rel_path"].str.split("/").str[0]).all()
+
+
+def test_folder_replica_classes_differ_in_size_and_colour_with_overlap(tmp_path):
+    root = tmp_path / "r"
+    generate_folder_replica(root, seed=5, classes=2, cells_per_class=30, imbalance=1.0, patients=2, image_size=64)
+    rows = []
+    for path in root.glob("*/*.png"):
+        rgb = np.asarray(Image.open(path)).astype(float)
+        dark = rgb.sum(axis=2) < 1.6 * 255  # nucleus (the smear, cytoplasm and red cells are lighter)
+        rows.append((path.parent.name, dark.sum(), (rgb[dark, 0] - rgb[dark, 2]).mean()))
+    df = pd.DataFrame(rows, columns=["label", "area", "red_minus_blue"])
+    d = df.groupby("label").mean()
+    assert abs(d.area.iloc[0] - d.area.iloc[1]) > 0.15 * d.area.mean()  # classes differ...
+    a, b = (df[df.label == c].area for c in sorted(set(df.label)))
+    assert a.max() > b.min() and b.max() > a.min()  # ...but single cells overlap

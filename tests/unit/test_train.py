@@ -359,3 +359,30 @@ def test_divergence_criterion(losses, spread, expected):
     history = pd.DataFrame({"epoch": [1, 2, 3], "loss": losses, "val_loss": [0.6, 0.6, 0.6], "lr": [1e-3] * 3})
     found = divergence(history, spread)
     assert found is None if expected is None else found.startswith(expected)
+
+
+def test_each_trial_trains_with_its_own_batch_size(shards, tmp_path, monkeypatch):
+    """Seed 003's search ignored the batch size; here train_combo batches by combo["batch_size"]."""
+    import hemaflow.train as train_module
+
+    seen = []
+
+    def spy(records, **kwargs):  # called while tf.data traces the epochs: record, do not iterate
+        seen.append(kwargs["batch_size"])
+        return make_dataset(records, **kwargs)
+
+    class Steps(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.n = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.n += 1
+
+    monkeypatch.setattr(train_module, "make_dataset", spy)
+    for batch_size in (8, 32):
+        seen.clear()
+        steps = Steps()
+        train(shards, tmp_path / f"bs{batch_size}", combo={**COMBO, "batch_size": batch_size}, max_epochs=1,
+              callbacks=[steps])  # fmt: skip
+        assert seen and set(seen) == {batch_size}  # the training batches are of the trial's size
+        assert steps.n == 64 // batch_size  # and an epoch is 64 training records / batch size steps

@@ -10,8 +10,8 @@ import yaml
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from hemaflow.adapters import check_positive_class, known_classes
-from hemaflow.config import check_data_paths, validate_params
+from hemaflow.adapters import check_positive_class, known_classes, reader
+from hemaflow.config import check_data_paths, check_replica, validate_params
 from hemaflow.grid import check_patient_sheet, combos, is_fused
 from hemaflow.manifest import SPLITS
 from hemaflow.provenance import library_digest, put_first_on_pythonpath
@@ -34,6 +34,9 @@ def config_layers():
 LAYERS = config_layers()
 config.update(validate_params(config, Path(workflow.basedir) / "workflow/schemas/params.schema.yaml", LAYERS))
 check_data_paths(config["data"], Path.cwd(), LAYERS)
+check_replica(config, LAYERS)
+# The adapter ingest reads the data with (the replica's synthetic.layout decides for adapter synthetic).
+READER = reader(config["data"]["adapter"], config["synthetic"]["layout"])
 
 COMBOS = combos(config["train"], config["seed"])
 PATIENT_SHEET = config["data"]["patient_sheet"]
@@ -103,12 +106,12 @@ INGEST_KEYS = ("adapter", "name", "root", "index", "patient_regex", "filelist", 
 
 
 def ingest_params():
-    return {k: config["data"][k] for k in INGEST_KEYS}
+    return {k: config["data"][k] for k in INGEST_KEYS} | {"adapter": READER}
 
 
 # Fail at parse time when the classes are known already (data.classes, or C-NMC's hem/all);
 # otherwise rule check_classes checks right after ingest.
-_KNOWN_CLASSES = known_classes(config["data"]["adapter"], config["data"]["classes"], config["data"]["label_map"])
+_KNOWN_CLASSES = known_classes(READER, config["data"]["classes"], config["data"]["label_map"])
 if _KNOWN_CLASSES:
     check_positive_class(_KNOWN_CLASSES, config["data"]["positive_class"])
 
