@@ -265,7 +265,9 @@ def _backbone(name: str, application, to_expected, min_side: int = 32, **options
 
 
 def _application(name: str, application, x, weights: str, **options) -> keras.Model:
-    """The application built on tensor `x`, with `weights` (none, imagenet or a file path)."""
+    """The application built on tensor `x`, with `weights` (none, imagenet or a file path).
+    Its input_shape too: only then does Keras check its minimum input side (32)."""
+    options["input_shape"] = tuple(x.shape[1:])
     if weights == "imagenet":
         try:
             return application(include_top=False, weights="imagenet", input_tensor=x, **options)

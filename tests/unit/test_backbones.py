@@ -1,5 +1,6 @@
 """keras.applications backbones of the zoo: preprocessing inside, weights from a file, the
-ImageNet-unreachable error, seed models refusing weights, and two-phase fine-tuning."""
+ImageNet-unreachable error, seed models refusing weights, and two-phase fine-tuning.
+(Heads, min_side and dropout of every zoo model, backbones included: test_models.py.)"""
 
 import os
 
@@ -10,9 +11,10 @@ import urllib.error  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
-from hemaflow.models import HEAD, REGISTRY, build_model  # noqa: E402
-from hemaflow.train import warm_up_head  # noqa: E402
+from hemaflow.models import HEAD, build_model  # noqa: E402
+from hemaflow.train import train_combo, warm_up_head  # noqa: E402
 
 BACKBONES = {
     "resnet50v2": keras.applications.ResNet50V2,
@@ -23,7 +25,16 @@ BACKBONES = {
 SMALL = "mobilenetv3_small"
 
 
-def backbone_weights(model, application):
+@pytest.fixture
+def eager():
+    """Training steps run eagerly: tracing a backbone's training graph takes tens of seconds on a
+    shared CPU, more than the few steps these tests take."""
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)
+
+
+def backbone_weights(model):
     """The weights of `model`'s backbone layers: all but the head's (the only other weights)."""
     return [w for layer in model.layers if layer.name != HEAD for w in layer.get_weights()]
 
@@ -34,16 +45,6 @@ def tiny_data(n=8, side=32, channels=4, seed=0):
     x[..., 3:] = (x[..., 3:] > 0.3).astype(np.float32)
     x[..., :3] *= x[..., 3:]  # transparent pixels are black, as preprocess.binarize_alpha makes them
     return x, (np.arange(n) % 2).astype(np.float32)[:, None]
-
-
-@pytest.mark.parametrize("name", sorted(BACKBONES))
-def test_backbone_builds_from_scratch_at_its_min_side(name):
-    side = REGISTRY[name].min_side
-    model = build_model(name, (side, side, 4), 3, dropout=0.3)
-    assert model.output_shape == (None, 3) and model.layers[-1].activation is keras.activations.softmax
-    assert model.get_layer("backbone_drop").rate == 0.3
-    with pytest.raises(ValueError, match=f"at least {side}x{side}"):
-        build_model(name, (side - 1, side - 1, 4), 2)
 
 
 def test_alpha_is_composited_onto_black_and_scaled_as_resnet_v2_expects():
@@ -57,13 +58,13 @@ def test_alpha_is_composited_onto_black_and_scaled_as_resnet_v2_expects():
         build_model("resnet50v2", (32, 32, 1), 2)
 
 
-def test_smallest_backbone_trains_a_few_steps_and_saves(tmp_path):
+def test_smallest_backbone_trains_a_few_steps_and_saves(tmp_path, eager):
     keras.utils.set_random_seed(0)
     model = build_model(SMALL, (32, 32, 4), 2)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
-    x, y = tiny_data()
+    x, y = tiny_data(4)
     before = [w.copy() for w in model.get_weights()]
-    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    history = model.fit(x, y, batch_size=2, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     model.save(tmp_path / "model.keras")
@@ -77,9 +78,9 @@ def test_weights_file_initialises_the_backbone(tmp_path):
     path = tmp_path / "mobilenetv3_small_notop.weights.h5"
     app.save_weights(path)
     keras.utils.set_random_seed(2)
-    loaded = backbone_weights(build_model(SMALL, (32, 32, 4), 2, weights=str(path)), app)
+    loaded = backbone_weights(build_model(SMALL, (32, 32, 4), 2, weights=str(path)))
     keras.utils.set_random_seed(2)
-    fresh = backbone_weights(build_model(SMALL, (32, 32, 4), 2), app)
+    fresh = backbone_weights(build_model(SMALL, (32, 32, 4), 2))
     saved = app.get_weights()
     assert len(loaded) == len(saved) and all(np.array_equal(a, b) for a, b in zip(loaded, saved))
     assert not all(np.array_equal(a, b) for a, b in zip(fresh, saved))
@@ -112,19 +113,28 @@ def test_seed_models_refuse_weights_naming_the_key(weights):
         build_model("model_1", (32, 32, 4), 2, weights=weights)
 
 
-def test_two_phase_freezes_the_backbone_then_unfreezes_it():
+def test_two_phase_freezes_the_backbone_then_unfreezes_it(eager):
     keras.utils.set_random_seed(3)
     model = build_model(SMALL, (32, 32, 4), 2)
-    x, y = tiny_data()
-    ds = __import__("tensorflow").data.Dataset.from_tensor_slices((x, y)).batch(4).repeat(2)
-    backbone0 = [w.copy() for w in backbone_weights(model, None)]
+    x, y = tiny_data(4)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat(2)
+    backbone0 = [w.copy() for w in backbone_weights(model)]
     head0 = [w.copy() for w in model.get_layer(HEAD).get_weights()]
-    losses = warm_up_head(model, {"optimizer": "adam", "lr": 1e-2}, ds, 2, 2, loss="binary_crossentropy")
-    assert len(losses) == 2
-    assert all(np.array_equal(a, b) for a, b in zip(backbone0, backbone_weights(model, None)))  # frozen
+    losses = warm_up_head(model, {"optimizer": "adam", "lr": 1e-2}, ds, 2, 1, loss="binary_crossentropy")
+    assert len(losses) == 2 and np.isfinite(losses).all()
+    assert all(np.array_equal(a, b) for a, b in zip(backbone0, backbone_weights(model)))  # frozen
     assert not np.array_equal(head0[0], model.get_layer(HEAD).get_weights()[0])  # the head learnt
     # phase 2: every layer trainable again, so the backbone changes
     assert all(layer.trainable for layer in model.layers)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
     model.fit(x, y, batch_size=4, epochs=1, verbose=0)
-    assert not all(np.array_equal(a, b) for a, b in zip(backbone0, backbone_weights(model, None)))
+    assert not all(np.array_equal(a, b) for a, b in zip(backbone0, backbone_weights(model)))
+
+
+def test_frozen_epochs_need_pretrained_weights(tmp_path):
+    with pytest.raises(ValueError, match="train.fine_tune.frozen_epochs is 2 but train.weights is none"):
+        train_combo(
+            {"model": SMALL}, train_records=[], val_records=[], channels=4, size=32, n_classes=2, max_epochs=1,
+            patience=1, cyclic={}, class_counts={0: 1, 1: 1}, n_val=1, fine_tune={"frozen_epochs": 2, "lr_factor": 0.1},
+            seed=0, out_dir=tmp_path,
+        )  # fmt: skip
