@@ -132,3 +132,12 @@ def test_frozen_epochs_need_pretrained_weights(tmp_path):
             patience=1, cyclic={}, class_counts={0: 1, 1: 1}, n_val=1, fine_tune={"frozen_epochs": 2, "lr_factor": 0.1},
             seed=0, out_dir=tmp_path,
         )  # fmt: skip
+
+
+def test_gradcam_reads_the_backbones_last_conv():
+    from hemaflow import explain
+
+    model = build_model(SMALL, (32, 32, 4), 2)
+    assert explain.last_conv_layer(model) == "conv_1"  # MobileNetV3Small's last conv, not a stem layer
+    heat = explain.gradcam(model, tiny_data(2)[0], np.array([0, 1]))
+    assert heat.shape == (2, 32, 32) and np.isfinite(heat).all()
