@@ -21,7 +21,7 @@ from keras import layers, ops
 
 from hemaflow import cbc
 from hemaflow.data import make_dataset
-from hemaflow.models import build_model
+from hemaflow.models import HEAD, build_model
 
 @keras.saving.register_keras_serializable(package="hemaflow")
 class CBCStandardise(layers.Layer):
@@ -46,23 +46,27 @@ class CBCStandardise(layers.Layer):
         return {**super().get_config(), "columns": self.columns, "mean": self.mean, "std": self.std}
 
 
-def build_fused_model(name: str, input_shape, n_classes: int, dropout: float, stats: cbc.Standardisation):
+def build_fused_model(
+    name: str, input_shape, n_classes: int, dropout: float, stats: cbc.Standardisation, weights: str = "none"
+):
     """Zoo model `name` with the standardised CBC vector (and its indicators) concatenated to the
     input of its classification layer: image features up to the penultimate layer, then the head."""
-    image_model = build_model(name, input_shape, n_classes, dropout)
+    image_model = build_model(name, input_shape, n_classes, dropout, weights)
     features, head = image_model.layers[-2].output, image_model.layers[-1]
     values = keras.Input((len(stats.columns),), name="cbc")
     tabular = CBCStandardise(stats.columns, stats.mean, stats.std, name="cbc_standardise")(values)
     joined = layers.Concatenate(name="image_cbc")([features, tabular])
-    out = layers.Dense(head.units, activation=head.activation, name="dense_final")(joined)
+    out = layers.Dense(head.units, activation=head.activation, name=HEAD)(joined)
     return keras.Model([image_model.inputs[0], values], out, name=f"{image_model.name}_cbc")
 
 
-def build(name: str, input_shape, n_classes: int, dropout: float, inputs: CBCInputs | None) -> keras.Model:
-    """The image-only zoo model, or with `inputs` its fused version."""
+def build(
+    name: str, input_shape, n_classes: int, dropout: float, inputs: CBCInputs | None, weights: str = "none"
+) -> keras.Model:
+    """The image-only zoo model, or with `inputs` its fused version; `weights` as in build_model."""
     if inputs is None:
-        return build_model(name, input_shape, n_classes, dropout)
-    return build_fused_model(name, input_shape, n_classes, dropout, inputs.stats)
+        return build_model(name, input_shape, n_classes, dropout, weights)
+    return build_fused_model(name, input_shape, n_classes, dropout, inputs.stats, weights)
 
 
 def is_fused(model: keras.Model) -> bool:

@@ -5,10 +5,15 @@ the printed layer names. Seed 004: `breen_cnn`. Seed 002 (5.3.1-5.3.3): `basic_c
 `alexnet`, `thanh_cnn`. Seed 003: `matek_cnn`. Every builder takes
 (input_shape, n_classes, dropout); the head is a sigmoid unit for two classes and a softmax
 otherwise, so the same architecture serves the binary and the multi-class task.
+
+Backbones the field uses today (keras.applications): `resnet50v2`, `efficientnetv2_b0`,
+`mobilenetv3_small`, `convnext_tiny`, from scratch or with ImageNet / local weights
+(train.weights); see `_backbone`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import keras
@@ -16,39 +21,58 @@ from keras import layers
 
 Builder = Callable[[tuple[int, int, int], int, float], keras.Model]
 REGISTRY: dict[str, Builder] = {}
+HEAD = "dense_final"  # the classification layer's name in every model (fine-tuning trains it alone first)
 
 
-def register(name: str, min_side: int):
-    """Add a builder to REGISTRY; `min_side` is the smallest input side it can reduce."""
+def register(name: str, min_side: int, backbone: bool = False):
+    """Add a builder to REGISTRY; `min_side` is the smallest input side it can reduce.
+    Backbone builders also take `weights` (see build_model)."""
 
     def add(builder):
         builder.min_side = min_side
+        builder.backbone = backbone
         REGISTRY[name] = builder
         return builder
 
     return add
 
 
-def build_model(name: str, input_shape, n_classes: int, dropout: float = 0.25) -> keras.Model:
-    """Build registry model `name` for `input_shape` (H, W, C) and `n_classes` classes."""
+def is_backbone(name: str) -> bool:
+    return name in REGISTRY and REGISTRY[name].backbone
+
+
+def build_model(name: str, input_shape, n_classes: int, dropout: float = 0.25, weights: str = "none") -> keras.Model:
+    """Build registry model `name` for `input_shape` (H, W, C) and `n_classes` classes.
+
+    `weights` (train.weights): `none` (random initialisation), and for backbones also `imagenet`
+    or the path of a weights file of the keras.applications backbone without its top.
+    """
     if name not in REGISTRY:
         raise ValueError(f"unknown model {name!r} (train.grid.model); known models: {', '.join(sorted(REGISTRY))}")
     if n_classes < 2:
         raise ValueError(f"{name}: n_classes must be at least 2, got {n_classes}")
     builder = REGISTRY[name]
+    if weights != "none" and not builder.backbone:
+        backbones = ", ".join(n for n in sorted(REGISTRY) if REGISTRY[n].backbone)
+        raise ValueError(
+            f"train.weights is {weights!r} but {name} is a seed-paper model, always trained from scratch; "
+            f"set train.weights: none, or list only backbones ({backbones}) in train.grid.model"
+        )
     h, w, _ = input_shape
     if min(h, w) < builder.min_side:
         raise ValueError(
             f"{name} needs inputs of at least {builder.min_side}x{builder.min_side} pixels, "
             f"got {h}x{w}; raise preprocess.size or pick another model"
         )
+    if builder.backbone:
+        return builder(tuple(input_shape), n_classes, dropout, weights=weights)
     return builder(tuple(input_shape), n_classes, dropout)
 
 
 def _head(n_classes: int):
     if n_classes == 2:
-        return layers.Dense(1, activation="sigmoid", name="dense_final")
-    return layers.Dense(n_classes, activation="softmax", name="dense_final")
+        return layers.Dense(1, activation="sigmoid", name=HEAD)
+    return layers.Dense(n_classes, activation="softmax", name=HEAD)
 
 
 # ------------------------------------------------------------------ seed 000, Appendix B
@@ -209,3 +233,77 @@ def matek_cnn(input_shape, n_classes, dropout):
         stack += [layers.Conv2D(f, (3, 3), padding="same", activation="relu"), layers.MaxPooling2D((2, 2))]
     stack += [layers.Flatten(), layers.Dense(256, activation="relu"), layers.Dropout(dropout)]
     return _sequential("matek_cnn", input_shape, stack, n_classes)
+
+
+# ------------------------------------------------------------------ keras.applications backbones
+
+
+def _backbone(name: str, application, to_expected, min_side: int = 32, **options) -> None:
+    """Register backbone `name`: keras.applications `application` without its top, then global
+    average pooling, dropout and the zoo's head, in one flat model (Grad-CAM finds its last conv).
+
+    The pipeline feeds float images in [0, 1] with 3 channels (RGB) or 4 (background `alpha`).
+    Four channels are composited onto black (RGB x alpha), so the backbone sees RGB as ImageNet
+    weights expect (the pipeline's alpha is 0 or 1 and transparent pixels are already black:
+    this equals dropping alpha). `to_expected` maps [0, 1] to the value range the application
+    expects; `options` (e.g. include_preprocessing=True) add its own preprocessing inside it.
+    """
+
+    @register(name, min_side=min_side, backbone=True)
+    def build(input_shape, n_classes, dropout, *, weights="none"):
+        inp = keras.Input(input_shape)
+        channels = input_shape[-1]
+        if channels not in (3, 4):
+            raise ValueError(f"{name} needs RGB (3 channels) or RGBA (4) images, got {channels} channels")
+        rgb = inp[..., :3] * inp[..., 3:] if channels == 4 else inp
+        features = _application(name, application, to_expected(rgb), weights, **options).output
+        x = layers.GlobalAveragePooling2D(name="backbone_gap")(features)
+        x = layers.Dropout(dropout, name="backbone_drop")(x)
+        return keras.Model(inp, _head(n_classes)(x), name=name)
+
+    build.__doc__ = f"keras.applications.{application.__name__} (include_top=False) + GAP, dropout, head."
+
+
+def _application(name: str, application, x, weights: str, **options) -> keras.Model:
+    """The application built on tensor `x`, with `weights` (none, imagenet or a file path).
+    Its input_shape too: only then does Keras check its minimum input side (32)."""
+    options["input_shape"] = tuple(x.shape[1:])
+    if weights == "imagenet":
+        try:
+            return application(include_top=False, weights="imagenet", input_tensor=x, **options)
+        except Exception as e:  # Keras raises a bare Exception ("URL fetch failure ...") or an OSError
+            if not (isinstance(e, OSError) or "fetch failure" in str(e)):
+                raise
+            raise RuntimeError(
+                f"train.weights: imagenet: Keras could not download the ImageNet weights of {name} "
+                f"({e}). On a machine with internet run "
+                f"python -c \"import keras; keras.applications.{application.__name__}(include_top=False)\" "
+                "which saves them under ~/.keras/models/, copy that *_notop.h5 file here and set "
+                "train.weights to its path (or use train.weights: none to train from scratch)"
+            ) from e
+    if weights == "none":
+        return application(include_top=False, weights=None, input_tensor=x, **options)
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"train.weights: {weights!r} is not a file; allowed values are none, imagenet or the path "
+            f"of a weights file (.weights.h5 or .h5) of {application.__name__} without its top"
+        )
+    try:
+        return application(include_top=False, weights=weights, input_tensor=x, **options)
+    except ValueError as e:
+        raise ValueError(
+            f"train.weights: {weights} does not fit {name} (keras.applications.{application.__name__}, "
+            f"include_top=False): {e}"
+        ) from e
+
+
+def _scaled(scale: float, offset: float = 0.0):
+    return lambda x: layers.Rescaling(scale, offset, name="backbone_scale")(x)
+
+
+# ResNetV2's preprocess_input ("tf" mode) maps [0, 255] to [-1, 1], i.e. [0, 1] to 2x - 1; the
+# others take [0, 255] and preprocess inside (include_preprocessing). Each reduces by 32: min side 32.
+_backbone("resnet50v2", keras.applications.ResNet50V2, _scaled(2.0, -1.0))
+_backbone("efficientnetv2_b0", keras.applications.EfficientNetV2B0, _scaled(255.0), include_preprocessing=True)
+_backbone("mobilenetv3_small", keras.applications.MobileNetV3Small, _scaled(255.0), include_preprocessing=True)
+_backbone("convnext_tiny", keras.applications.ConvNeXtTiny, _scaled(255.0), include_preprocessing=True)

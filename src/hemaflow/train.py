@@ -32,6 +32,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from hemaflow import fusion
 from hemaflow.data import make_dataset
+from hemaflow.models import HEAD
 from hemaflow.provenance import library_digest
 from hemaflow.schedules import triangular
 
@@ -70,6 +71,8 @@ def train_combo(
     class_counts: dict[int, int],
     n_val: int,
     class_weight: str = "none",
+    weights: str = "none",
+    fine_tune: dict | None = None,
     seed: int,
     out_dir: str | os.PathLike,
     history_path: str | os.PathLike | None = None,
@@ -89,6 +92,9 @@ def train_combo(
     With `cbc` (combo inputs "image+cbc") the model is the fused two-input one (hemaflow.fusion).
     `threads` is the thread count TensorFlow was given (use_threads): recorded in train.json and
     in the checkpoint's fingerprint, since another count gives slightly different weights.
+    `weights` (train.weights) initialise a backbone (hemaflow.models.build_model). With
+    `fine_tune` frozen_epochs > 0 the head first trains alone for that many epochs (warm_up_head),
+    then the whole network trains as usual at lr x lr_factor.
     """
     start = time.monotonic()
     out = Path(out_dir)
@@ -96,30 +102,47 @@ def train_combo(
     # Until this run finishes, nothing in out_dir may look like a finished model.
     (out / "model.keras").unlink(missing_ok=True)
     counts = {str(int(c)): int(n) for c, n in sorted((class_counts or {}).items())} or None
+    frozen = int((fine_tune or {}).get("frozen_epochs", 0))
+    if frozen and weights == "none":
+        raise ValueError(
+            f"train.fine_tune.frozen_epochs is {frozen} but train.weights is none: freezing a randomly "
+            "initialised backbone trains nothing useful; set train.weights (imagenet or a file) or frozen_epochs: 0"
+        )
     settings = dict(combo=combo, channels=channels, size=size, n_classes=n_classes, max_epochs=max_epochs,
                     patience=patience, cyclic=cyclic, class_weight=class_weight, class_counts=counts, seed=seed,
-                    cbc=cbc.stats.to_dict() if cbc is not None else None, threads=threads)  # fmt: skip
+                    cbc=cbc.stats.to_dict() if cbc is not None else None, weights=_weights_id(weights),
+                    fine_tune=fine_tune if frozen else None, threads=threads)  # fmt: skip
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-    weights = _class_weights(class_weight, class_counts)
+    weights_of_classes = _class_weights(class_weight, class_counts)
     n_train = int(sum(class_counts.values()))
-    model = fusion.build(combo["model"], (size, size, channels), n_classes, combo["dropout"], cbc)
-    model.compile(
-        optimizer=_optimizer(combo),
-        loss="binary_crossentropy" if n_classes == 2 else "categorical_crossentropy",
-        # Micro-averaged one-vs-rest AUC for several classes: built in, so model.keras loads anywhere.
-        metrics=["accuracy", keras.metrics.AUC(name="auc")],
-    )
-    model.optimizer.build(model.trainable_variables)  # its variables exist now, so a checkpoint can fill them
+    model = fusion.build(combo["model"], (size, size, channels), n_classes, combo["dropout"], cbc, weights)
+    loss = "binary_crossentropy" if n_classes == 2 else "categorical_crossentropy"
     stopper = ResumableEarlyStopping(patience=patience)
     checkpoint = Checkpoint(
         out / "_resume" / "state.npz", fingerprint(settings, train_records, val_records), stopper, leg_start=start
     )
-    first = checkpoint.restore(model)
-
     batches = dict(channels=channels, n_classes=n_classes, batch_size=combo["batch_size"], size=size)
     steps = math.ceil(n_train / combo["batch_size"])
+    head_losses = None
+    if frozen:
+        # A checkpoint is from the second phase, so the first one is done.
+        if not checkpoint.valid():
+            head_ds = _for_fit(_epochs(train_records, seed, range(frozen), cbc, **batches), steps * frozen, n_classes)
+            head_losses = warm_up_head(model, combo, head_ds, frozen, steps, loss=loss, class_weight=weights_of_classes)
+        combo_fit = {**combo, "lr": combo["lr"] * float(fine_tune["lr_factor"])}
+    else:
+        combo_fit = combo
+    model.compile(
+        optimizer=_optimizer(combo_fit),
+        loss=loss,
+        # Micro-averaged one-vs-rest AUC for several classes: built in, so model.keras loads anywhere.
+        metrics=["accuracy", keras.metrics.AUC(name="auc")],
+    )
+    model.optimizer.build(model.trainable_variables)  # its variables exist now, so a checkpoint can fill them
+    first = checkpoint.restore(model)
+
     epochs = range(first, max_epochs)
     train_ds = _for_fit(_epochs(train_records, seed, epochs, cbc, **batches), steps * len(epochs), n_classes)
     val_ds = fusion.dataset(val_records, cbc, shuffle=False, seed=seed, **batches)
@@ -132,10 +155,10 @@ def train_combo(
         epochs=first if checkpoint.stopped else max_epochs,
         steps_per_epoch=steps,  # one iterator over all epochs: each epoch's order is its own (see _epochs)
         shuffle=False,  # _epochs shuffles; Keras cannot shuffle a tf.data.Dataset
-        class_weight=weights,
+        class_weight=weights_of_classes,
         verbose=2,
         callbacks=[
-            keras.callbacks.LearningRateScheduler(_schedule(combo, cyclic)),
+            keras.callbacks.LearningRateScheduler(_schedule(combo_fit, cyclic)),
             keras.callbacks.TerminateOnNaN(),
             stopper,
             checkpoint,  # last of ours: it saves what the callbacks above did in that epoch
@@ -165,11 +188,31 @@ def train_combo(
         "n_train": n_train,
         "n_val": n_val,
         "threads": threads,
+        "weights": weights,
+        **({"frozen_epochs": frozen, "lr_factor": float(fine_tune["lr_factor"])} if frozen else {}),
+        **({"head_losses": head_losses} if head_losses is not None else {}),
         **({"cbc": cbc.stats.to_dict()} if cbc is not None else {}),
     }
     _write_outputs(out, Path(history_path or out / "history.csv"), model, history, info)
     shutil.rmtree(out / "_resume", ignore_errors=True)
     return info
+
+
+def warm_up_head(
+    model: keras.Model, combo: dict, ds: tf.data.Dataset, epochs: int, steps: int, *, loss: str, class_weight=None
+) -> list[float]:
+    """Phase 1 of two-phase fine-tuning: train only the head (HEAD) for `epochs` epochs at the
+    combo's learning rate, every other layer (the pretrained backbone) frozen; afterwards every
+    layer is as trainable as before, for phase 2 (compile again). Returns the epochs' losses."""
+    trainable = {layer.name: layer.trainable for layer in model.layers}
+    for layer in model.layers:
+        layer.trainable = layer.name == HEAD
+    model.compile(optimizer=_optimizer(combo), loss=loss)
+    fitted = model.fit(ds, epochs=epochs, steps_per_epoch=steps, shuffle=False, class_weight=class_weight, verbose=2,
+                       callbacks=[keras.callbacks.TerminateOnNaN()])  # fmt: skip
+    for layer in model.layers:
+        layer.trainable = trainable[layer.name]
+    return [float(x) for x in fitted.history["loss"]]
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -236,6 +279,10 @@ class Checkpoint(keras.callbacks.Callback):
         self._leg["first_epoch"] = first + 1
         log.info("%s: resuming after epoch %d (legs so far: %s)", self.path.parent, first, self._done_legs)
         return first
+
+    def valid(self) -> bool:
+        """There is a checkpoint made with this fingerprint."""
+        return self._read() is not None
 
     def _read(self) -> tuple[dict, dict[str, np.ndarray]] | None:
         if not self.path.exists():
@@ -361,6 +408,14 @@ def _schedule(combo: dict, cyclic: dict):
     if combo["lr_policy"] == "constant":
         return lambda epoch: combo["lr"]
     raise ValueError(f"train.grid.lr_policy must be 'constant' or 'triangular', got {combo['lr_policy']!r}")
+
+
+def _weights_id(weights: str) -> str:
+    """train.weights for the fingerprint: a file also by its contents, so a new file restarts training."""
+    if weights in ("none", "imagenet") or not os.path.isfile(weights):
+        return weights
+    with open(weights, "rb") as f:
+        return f"{weights} sha256:{hashlib.file_digest(f, 'sha256').hexdigest()}"
 
 
 def _digest(data: bytes) -> str:

@@ -202,6 +202,8 @@ MIRRORED = [
     ("hemaflow.ingest", "build_sources", "strict", ("data", "strict")),
     ("hemaflow.models", "build_model", "dropout", ("train", "grid", "dropout", 0)),
     ("hemaflow.train", "train_combo", "class_weight", ("train", "class_weight")),
+    ("hemaflow.models", "build_model", "weights", ("train", "weights")),
+    ("hemaflow.train", "train_combo", "weights", ("train", "weights")),
 ]
 
 

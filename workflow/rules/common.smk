@@ -139,6 +139,12 @@ def train_settings(wildcards):
     return settings
 
 
+def weights_file():
+    """train.weights when it names a file: an input of train, so a new file retrains."""
+    weights = config["train"]["weights"]
+    return [] if weights in ("none", "imagenet") else [weights]
+
+
 def fused_inputs(*manifests):
     """Input function: a fused (image+cbc) combination also reads the patient sheet and the
     manifests named here (to join it to the records); image-only combinations read neither."""

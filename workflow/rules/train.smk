@@ -6,6 +6,7 @@ rule train:
         manifests=shard_manifests("train"),
         classes=CLASSES,
         val_manifests=shard_manifests("val"),
+        weights=weights_file(),
     output:
         model="results/models/{combo}/model.keras",
         history=HISTORY,

@@ -39,6 +39,8 @@ train_combo(
     class_counts=train_rows["label_index"].value_counts().to_dict(),
     n_val=n_val,
     class_weight=s["class_weight"],
+    weights=s["weights"],
+    fine_tune=s["fine_tune"],
     seed=snakemake.params.seed,
     out_dir=snakemake.output.model.rsplit("/", 1)[0],
     history_path=snakemake.output.history,
