@@ -96,6 +96,11 @@ def train_combo(
     `fine_tune` frozen_epochs > 0 the head first trains alone for that many epochs (warm_up_head),
     then the whole network trains as usual at lr x lr_factor.
     """
+    if seed < 1:
+        # TensorFlow takes a global seed of 0 with an op seed of 0 to mean "unseeded" and, to tell,
+        # compares the per-epoch shuffle seed (a traced tensor here) as a Python bool: it fails.
+        raise ValueError(f"seed must be at least 1 (params.yaml `seed`), got {seed}: TensorFlow cannot shuffle "
+                         "with a global seed of 0")  # fmt: skip
     start = time.monotonic()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

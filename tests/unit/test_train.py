@@ -232,6 +232,12 @@ def test_a_checkpoint_of_another_thread_count_is_not_resumed(shards, tmp_path):
     assert record.epochs == [0, 1] and info["threads"] == 2  # started afresh
 
 
+def test_seed_zero_is_refused_before_tensorflow_fails_on_it(shards, tmp_path):
+    with pytest.raises(ValueError, match="seed must be at least 1"):
+        train(shards, tmp_path, seed=0)
+    assert not tmp_path.joinpath("_resume").exists()  # refused before any work
+
+
 def test_use_threads_rejects_zero():
     with pytest.raises(ValueError, match="train.threads must be at least 1"):
         use_threads(0)
