@@ -163,7 +163,8 @@ def run_snakemake_on_slurm(
     cmd = [sys.executable, "-m", "snakemake", "--profile", str(profile), "--directory", str(workdir)]
     if snakefile is not None:
         cmd += ["--snakefile", str(snakefile)]
-    cmd += [*extra_args, *targets]
+    # Targets first: options such as --set-threads or --configfile take every value after them.
+    cmd += [*targets, *extra_args]
     return subprocess.run(cmd, cwd=workdir, env=cluster.env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -56,12 +56,18 @@ def test_changing_positive_class_reruns_only_what_uses_it(touched, tool_env, par
     }
 
 
-def test_changing_the_cyclic_schedule_retrains_only_triangular_combinations(touched, tool_env, params, tmp_path):
+def test_changing_the_cyclic_schedule_retrains_only_triangular_combinations(tool_env, params, tmp_path):
+    # The default grid is constant-rate only: this one has both policies, every job done.
+    grid = {**params["train"]["grid"], "lr_policy": ["constant", "triangular"]}
+    work = copy_repo(tmp_path / "repo", tool_env)
+    policies = write_override(tmp_path, "policies.yaml", {"train": {"grid": grid}})
+    touch_all(work, tool_env, "--configfile", policies)
     cyclic = {**params["train"]["cyclic"], "step_size": params["train"]["cyclic"]["step_size"] + 1}
-    override = write_override(tmp_path, "cyclic.yaml", {"train": {"cyclic": cyclic}})
-    triangular = sum(c["lr_policy"] == "triangular" for c in combos(params["train"], params["seed"]).values())
-    assert 0 < triangular < len(combos(params["train"], params["seed"]))
-    assert planned_jobs(touched, tool_env, "--configfile", override) == {"train": triangular, "evaluate": triangular, "leaderboard": 1, "explain": 1}
+    override = write_override(tmp_path, "cyclic.yaml", {"train": {"grid": grid, "cyclic": cyclic}})
+    grown = combos({**params["train"], "grid": grid}, params["seed"])
+    triangular = sum(c["lr_policy"] == "triangular" for c in grown.values())
+    assert 0 < triangular < len(grown)
+    assert planned_jobs(work, tool_env, "--configfile", override) == {"train": triangular, "evaluate": triangular, "leaderboard": 1, "explain": 1}
 
 
 def test_a_positive_class_that_is_no_class_fails_at_parse_time(touched, tool_env, tmp_path):
