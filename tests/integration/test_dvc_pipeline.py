@@ -93,11 +93,10 @@ def test_reviewers_path_through_s3_on_loopback(reproduced, tool_env, tmp_path, s
     check_clone(origin, clone, tool_env)
 
 
-def test_experiment_with_a_new_learning_rate_trains_only_its_combinations(reproduced, tool_env, params, tmp_path):
+def test_experiment_with_another_model_trains_only_its_combinations(reproduced, tool_env, params, tmp_path):
     repo = Path(shutil.copytree(reproduced, tmp_path / "repo", symlinks=True))
-    lrs = params["train"]["grid"]["lr"]
-    kept, new_lr = lrs[0], 0.0005
-    grid = {**params["train"]["grid"], "lr": [kept, new_lr]}
+    models = [*params["train"]["grid"]["model"], "breen_cnn"]  # seed 004's small CNN: a cheap addition
+    grid = {**params["train"]["grid"], "model": models}
     before = combos(params["train"], params["seed"])
     after = combos({**params["train"], "grid": grid}, params["seed"])
     unchanged = [c for c in after if c in before]
@@ -105,7 +104,7 @@ def test_experiment_with_a_new_learning_rate_trains_only_its_combinations(reprod
     assert unchanged and added
     stamps = {c: (repo / f"results/models/{c}/model.keras").stat().st_mtime_ns for c in unchanged}
 
-    out = run(["dvc", "exp", "run", "--set-param", f"train.grid.lr=[{kept},{new_lr}]"], repo, tool_env)
+    out = run(["dvc", "exp", "run", "--set-param", f"train.grid.model=[{','.join(models)}]"], repo, tool_env)
 
     text = out.stdout + out.stderr
     assert re.findall(r"Running stage '(\w+)'", text) == ["train", "evaluate", "explain", "predict", "report"]
