@@ -1,13 +1,18 @@
 # The two commands of the README:
 #   make run    set up .venv and run the whole pipeline on the embedded synthetic replica
 #   make test   set up .venv and run every test (unit, workflow, integration)
+# On a machine with an NVIDIA GPU, `make setup GPU=1` (or `make run GPU=1`) installs the CUDA
+# build of the same TensorFlow release in place of the CPU-only one; then set
+# train.accelerator: gpu (README, "Training on a GPU").
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
 CORES  ?= all
+GPU    ?= 0
+TF_VERSION := $(shell sed -n 's/^tensorflow_cpu==//p' requirements.lock)
 
 .PHONY: setup run test lint pull clean
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(if $(filter 1,$(GPU)),$(VENV)/.gpu)
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "hemaflow needs Python 3.11; run: make PYTHON=python3.11 ..."'
@@ -15,6 +20,13 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+# Both wheels provide the `tensorflow` package, so the CPU one goes first; -c keeps every
+# shared dependency at its locked version. To go back: rm -rf $(VENV) && make setup.
+$(VENV)/.gpu: $(VENV)/.installed
+	$(BIN)/pip uninstall --quiet --yes tensorflow-cpu
+	$(BIN)/pip install --quiet -c requirements.lock "tensorflow[and-cuda]==$(TF_VERSION)"
 	touch $@
 
 run: setup

@@ -70,9 +70,11 @@ def build_model(name: str, input_shape, n_classes: int, dropout: float = 0.25, w
 
 
 def _head(n_classes: int):
+    # float32 whatever the global policy: under mixed_float16 (train.mixed_precision) the
+    # probabilities and the loss stay in full precision, as Keras' mixed-precision guide advises.
     if n_classes == 2:
-        return layers.Dense(1, activation="sigmoid", name=HEAD)
-    return layers.Dense(n_classes, activation="softmax", name=HEAD)
+        return layers.Dense(1, activation="sigmoid", name=HEAD, dtype="float32")
+    return layers.Dense(n_classes, activation="softmax", name=HEAD, dtype="float32")
 
 
 # ------------------------------------------------------------------ seed 000, Appendix B
@@ -282,7 +284,16 @@ def _application(name: str, application, x, weights: str, **options) -> keras.Mo
                 "train.weights to its path (or use train.weights: none to train from scratch)"
             ) from e
     if weights == "none":
-        return application(include_top=False, weights=None, input_tensor=x, **options)
+        model = application(include_top=False, weights=None, input_tensor=x, **options)
+        # From scratch, BatchNorm's moving statistics must follow weights that change fast. With
+        # MobileNetV3's momentum of 0.999 they still reflect the first steps after a thousand,
+        # and inference (validation, evaluation) sees a constant output: the run is marked
+        # diverged although training accuracy rises (benchmarks/README.md, zoo accuracy). Keras'
+        # default, 0.99, forgets in ~100 steps; pretrained weights keep the architecture's own.
+        for layer in model.layers:
+            if isinstance(layer, layers.BatchNormalization) and layer.momentum > FROM_SCRATCH_BN_MOMENTUM:
+                layer.momentum = FROM_SCRATCH_BN_MOMENTUM
+        return model
     if not os.path.isfile(weights):
         raise FileNotFoundError(
             f"train.weights: {weights!r} is not a file; allowed values are none, imagenet or the path "
@@ -295,6 +306,9 @@ def _application(name: str, application, x, weights: str, **options) -> keras.Mo
             f"train.weights: {weights} does not fit {name} (keras.applications.{application.__name__}, "
             f"include_top=False): {e}"
         ) from e
+
+
+FROM_SCRATCH_BN_MOMENTUM = 0.99
 
 
 def _scaled(scale: float, offset: float = 0.0):

@@ -62,34 +62,50 @@ def variants(
     shift: float = 0.0,
     zoom: float = 0.0,
     shear: float = 0.0,
+    rotation_range: float = 0.0,
+    extra_copies: int = 0,
     seed: int = 0,
 ) -> list[dict]:
-    """One dict per output: rotations × (plain, mirrored) × (deterministic copy 0, random copies).
+    """One dict per output: rotations × (plain, mirrored) × (deterministic copy 0, random copies),
+    then `extra_copies` more random copies of rotation 0, unmirrored (up-sampling to a class
+    target, hemaflow.sampling).
 
     Random parameters are drawn from a generator seeded by (seed, aug_id), so they do not
     depend on processing order or on which other images share the shard. Ranges follow
     Keras' ImageDataGenerator: shift in [-shift, shift] of the side, zoom in
-    [1 - zoom, 1 + zoom], shear in [-shear, shear] degrees, each flip with p = 0.5.
+    [1 - zoom, 1 + zoom], shear in [-shear, shear] degrees, each flip with p = 0.5, and an
+    angle in [-rotation_range, rotation_range] degrees added to the copy's fixed rotation.
     """
     if rotations < 1:
         raise ValueError(f"augment.rotations must be at least 1 (got {rotations})")
     if random_copies < 0:
         raise ValueError(f"augment.random_copies must be 0 or more (got {random_copies})")
     out = []
+
+    def add(r: int, m: bool, copy: int) -> None:
+        aid = aug_id(image_id, r, m, copy)
+        v = {"aug_id": aid, "image_id": image_id, "rotation": 360.0 * r / rotations, "mirror": m, "copy": copy}
+        if copy:
+            v.update(_random_params(aid, seed, flip, shift, zoom, shear, rotation_range))
+            v["rotation"] = (v["rotation"] + v.pop("turn")) % 360.0
+        else:
+            v.update(IDENTITY)
+        out.append(v)
+
     for r in range(rotations):
         for m in (False, True) if mirror else (False,):
             for copy in range(1 + random_copies):
-                aid = aug_id(image_id, r, m, copy)
-                v = {"aug_id": aid, "image_id": image_id, "rotation": 360.0 * r / rotations, "mirror": m, "copy": copy}
-                v.update(_random_params(aid, seed, flip, shift, zoom, shear) if copy else IDENTITY)
-                out.append(v)
+                add(r, m, copy)
+    for copy in range(1 + random_copies, 1 + random_copies + extra_copies):
+        add(0, False, copy)
     return out
 
 
-def _random_params(aid: str, seed: int, flip: bool, shift: float, zoom: float, shear: float) -> dict:
+def _random_params(aid: str, seed: int, flip: bool, shift: float, zoom: float, shear: float, turn: float) -> dict:
     digest = hashlib.sha256(f"{seed}/{aid}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    # Always draw every value, so turning one range off does not change the others.
+    # Always draw every value, in this order, so turning one range off (or adding one) does
+    # not change the others.
     fh, fv = rng.random(2) < 0.5
     sx, sy = rng.uniform(-shift, shift, 2)
     return {
@@ -99,6 +115,7 @@ def _random_params(aid: str, seed: int, flip: bool, shift: float, zoom: float, s
         "shift_y": float(sy),
         "zoom": float(rng.uniform(1 - zoom, 1 + zoom)),
         "shear": float(rng.uniform(-shear, shear)),
+        "turn": float(rng.uniform(-turn, turn)),
     }
 
 

@@ -23,7 +23,7 @@ from hemaflow.preprocess import Source, prepare_source, render_many, variants
 from hemaflow.records import encode_example, write_records
 
 # augment_params keys that shape the variants (`fill` goes to rendering).
-VARIANT_KEYS = ("rotations", "mirror", "random_copies", "flip", "shift", "zoom", "shear")
+VARIANT_KEYS = ("rotations", "mirror", "random_copies", "flip", "shift", "zoom", "shear", "rotation_range")
 # Prepared pixels of the sources held at once while a shard is written in shuffled order
 # (one block). A prepared 450 px nucleus on black takes 0.1-0.2 MB (alpha keeps only the
 # cell's window), a 450 px natural-background image 0.6 MB: a block holds ~400-2,000
@@ -68,12 +68,13 @@ def build_shard(
     out_manifest: str | Path,
     block_bytes: int = BLOCK_BYTES,
 ) -> pd.DataFrame:
-    """Render every image of `rows` (image_id, rel_path, label_index: this shard's images only)
-    into `out_records` and its manifest into `out_manifest`; return the manifest.
+    """Render every image of `rows` (image_id, rel_path, label_index and optionally
+    extra_copies, hemaflow.sampling: this shard's images only) into `out_records` and its
+    manifest into `out_manifest`; return the manifest.
 
     `preprocess`: render_all keywords (background, size, crop_to_content, pad_square,
     filter). `augment_params`: rotations, mirror, random_copies, flip, shift, zoom, shear,
-    fill; ignored unless `augment` (then only the deterministic copy is written).
+    rotation_range, fill; ignored unless `augment` (then only the deterministic copy is written).
 
     Order: sources are taken by image_id in blocks that hold about `block_bytes` of prepared
     pixels (each source decoded and prepared once); a block's (source, variant) pairs are
@@ -93,7 +94,8 @@ def build_shard(
         block, held = [], 0
         for row in tqdm(rows.itertuples(index=False), total=len(rows), desc=f"{split}/{shard:03d}", unit="image"):
             src = prepare_source(_load(Path(root) / row.rel_path, max_pixels), **preprocess, fill=fill)
-            block.append((int(row.label_index), src, variants(row.image_id, **vkw, seed=seed)))
+            extra = int(getattr(row, "extra_copies", 0)) if augment else 0
+            block.append((int(row.label_index), src, variants(row.image_id, **vkw, extra_copies=extra, seed=seed)))
             held += src.nbytes
             if held >= block_bytes:
                 yield block

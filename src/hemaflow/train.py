@@ -50,6 +50,41 @@ def use_threads(n: int) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(n)
     tf.config.threading.set_inter_op_parallelism_threads(n)
 
+
+def use_device(accelerator: str, mixed_precision: bool) -> dict:
+    """Pick where training runs (train.accelerator, train.mixed_precision); call before any
+    TensorFlow op. Returns {device, precision, note} for train.json, and logs the choice.
+
+    cpu hides every GPU, so a GPU machine trains the same model as any other CPU. gpu keeps the
+    GPUs visible and Keras places the work on the first; with none visible (the CPU-only
+    TensorFlow of requirements.lock, or no GPU on the node) it falls back to the CPU with a
+    warning that names the fix. mixed_float16 only on a GPU: on the CPU it is slower, not faster.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    note = None
+    if accelerator == "cpu":
+        if gpus:
+            tf.config.set_visible_devices([], "GPU")
+            note = f"{len(gpus)} GPU(s) visible but train.accelerator is cpu"
+        gpus = []
+    elif not gpus:
+        note = ("train.accelerator is gpu but TensorFlow sees no GPU (the CPU-only TensorFlow of "
+                "requirements.lock? install the CUDA build with `make setup GPU=1`, or use envs/train-gpu.yaml); "
+                "training on the CPU")  # fmt: skip
+        log.warning(note)
+    device = "GPU:0" if gpus else "CPU:0"
+    precision = "float32"
+    if mixed_precision:
+        if gpus:
+            precision = "mixed_float16"
+        else:
+            log.warning("train.mixed_precision needs a GPU; training in float32 on the CPU")
+    keras.mixed_precision.set_global_policy(precision)
+    name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus else "CPU"
+    log.info("training on %s (%s), %s%s", device, name, precision, f"; {note}" if note else "")
+    return {"device": device, "precision": precision, "device_note": note}
+
+
 HISTORY_COLUMNS = ["epoch", "loss", "val_loss", "accuracy", "val_accuracy", "auc", "val_auc", "lr"]
 # Validation probabilities that vary by less than this over all validation images (max - min, per
 # output unit) mean the network outputs a constant: it has collapsed (dead units) and is marked
@@ -79,6 +114,7 @@ def train_combo(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     cbc: fusion.CBCInputs | None = None,
     threads: int = 1,
+    device: dict | None = None,
 ) -> dict:
     """Fit combo {model, optimizer, lr, lr_policy, batch_size, dropout}; return what train.json holds.
 
@@ -91,7 +127,8 @@ def train_combo(
     `callbacks` are appended after the pipeline's own (tests use them to interrupt a run).
     With `cbc` (combo inputs "image+cbc") the model is the fused two-input one (hemaflow.fusion).
     `threads` is the thread count TensorFlow was given (use_threads): recorded in train.json and
-    in the checkpoint's fingerprint, since another count gives slightly different weights.
+    in the checkpoint's fingerprint, since another count gives slightly different weights; so is
+    `device` (what use_device chose: another device or precision gives other weights too).
     `weights` (train.weights) initialise a backbone (hemaflow.models.build_model). With
     `fine_tune` frozen_epochs > 0 the head first trains alone for that many epochs (warm_up_head),
     then the whole network trains as usual at lr x lr_factor.
@@ -116,7 +153,8 @@ def train_combo(
     settings = dict(combo=combo, channels=channels, size=size, n_classes=n_classes, max_epochs=max_epochs,
                     patience=patience, cyclic=cyclic, class_weight=class_weight, class_counts=counts, seed=seed,
                     cbc=cbc.stats.to_dict() if cbc is not None else None, weights=_weights_id(weights),
-                    fine_tune=fine_tune if frozen else None, threads=threads)  # fmt: skip
+                    fine_tune=fine_tune if frozen else None, threads=threads,
+                    device={k: device[k] for k in ("device", "precision")} if device else None)  # fmt: skip
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
@@ -193,6 +231,7 @@ def train_combo(
         "n_train": n_train,
         "n_val": n_val,
         "threads": threads,
+        **(device or {}),
         "weights": weights,
         **({"frozen_epochs": frozen, "lr_factor": float(fine_tune["lr_factor"])} if frozen else {}),
         **({"head_losses": head_losses} if head_losses is not None else {}),

@@ -84,6 +84,25 @@ def test_weights_file_initialises_the_backbone(tmp_path):
         build_model("resnet50v2", (32, 32, 4), 2, weights=str(path))
 
 
+def test_from_scratch_batchnorm_follows_the_weights_and_pretrained_keeps_its_own(tmp_path):
+    """MobileNetV3's BatchNorm momentum, 0.999, left a from-scratch run's inference constant
+    (benchmarks/README.md, zoo accuracy); from scratch it is capped at 0.99, pretrained it stays."""
+
+    def momenta(model):
+        return {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+
+    app = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3), include_preprocessing=True)
+    path = tmp_path / "mobilenetv3_small_notop.weights.h5"
+    app.save_weights(path)
+    assert momenta(app) == {0.999}
+    assert momenta(build_model(SMALL, (32, 32, 4), 2)) == {0.99}
+    assert momenta(build_model(SMALL, (32, 32, 4), 2, weights=str(path))) == {0.999}
+    assert momenta(build_model("efficientnetv2_b0", (32, 32, 3), 2)) == {0.9}  # a lower momentum is left alone
+    model = build_model(SMALL, (32, 32, 4), 2)
+    model.save(tmp_path / "model.keras")
+    assert momenta(keras.models.load_model(tmp_path / "model.keras")) == {0.99}  # and it is saved
+
+
 def test_unreachable_imagenet_weights_say_what_failed_and_the_fix(tmp_path, monkeypatch):
     """No network: Keras' own download path fails (urlretrieve raises as offline), nothing cached."""
     from keras.src.utils import file_utils

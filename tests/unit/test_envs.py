@@ -1,11 +1,16 @@
 """The conda environments of envs/ pin the same versions as requirements.lock (pip)."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+# train-gpu.yaml holds the CUDA build of the TensorFlow release the lock pins as tensorflow-cpu.
+SAME_RELEASE = {"tensorflow": "tensorflow-cpu"}
 
 
 def lock() -> dict[str, str]:
@@ -25,6 +30,19 @@ def test_conda_env_pins_match_the_lock(env):
     pins = lock()
     for requirement in pip:
         name, _, version = requirement.partition("==")
-        key = name.lower().replace("_", "-")
+        key = name.split("[")[0].lower().replace("_", "-")
+        key = SAME_RELEASE.get(key, key)
         assert version, f"{env.name}: {requirement} is not pinned"
         assert pins.get(key) == version, f"{env.name}: {requirement}, but requirements.lock has {key}=={pins.get(key)}"
+
+
+def test_the_gpu_setup_swaps_in_the_cuda_build_of_the_locked_tensorflow(tmp_path):
+    def plan(*args):
+        cmd = ["make", "-n", "setup", f"VENV={tmp_path}/venv", *args]
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    gpu = plan("GPU=1")
+    cuda = f'"tensorflow[and-cuda]=={lock()["tensorflow-cpu"]}"'
+    assert cuda in gpu and "-c requirements.lock" in gpu  # same release, shared packages at their locked versions
+    assert gpu.index("uninstall --quiet --yes tensorflow-cpu") < gpu.index(cuda)
+    assert "and-cuda" not in plan() and "uninstall" not in plan()

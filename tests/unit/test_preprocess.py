@@ -274,6 +274,33 @@ def test_random_draws_depend_only_on_image_and_variant():
     assert [v["zoom"] for v in no_flip] == [v["zoom"] for v in many.values()]
 
 
+def test_rotation_range_turns_only_random_copies_and_leaves_the_other_draws():
+    fixed = P.variants("abc", **RANDOM, seed=7)
+    turned = P.variants("abc", **RANDOM, rotation_range=180.0, seed=7)
+    keys = ("aug_id", "flip_h", "flip_v", "shift_x", "shift_y", "zoom", "shear")
+    assert [{k: v[k] for k in keys} for v in fixed] == [{k: v[k] for k in keys} for v in turned]
+    for a, b in zip(fixed, turned):
+        if a["copy"] == 0:
+            assert b["rotation"] == a["rotation"]  # the deterministic copy keeps its fixed angle
+        else:
+            offset = (b["rotation"] - a["rotation"] + 180.0) % 360.0 - 180.0
+            assert abs(offset) <= 180.0 and offset != 0.0
+    offsets = [(b["rotation"] - a["rotation"]) % 360.0 for a, b in zip(fixed, turned) if a["copy"]]
+    assert min(offsets) < 90 and max(offsets) > 270  # both directions, not one fixed step
+    small = P.variants("abc", **RANDOM, rotation_range=5.0, seed=7)
+    assert all(min(d, 360 - d) <= 5.0 for a, b in zip(fixed, small) if a["copy"]
+               for d in [(b["rotation"] - a["rotation"]) % 360.0])
+
+
+def test_extra_copies_follow_the_regular_ones_on_the_unturned_image():
+    base = P.variants("abc", **RANDOM, seed=7)
+    more = P.variants("abc", **RANDOM, extra_copies=3, seed=7)
+    assert more[: len(base)] == base and len(more) == len(base) + 3
+    extra = more[len(base):]
+    assert [v["aug_id"] for v in extra] == [f"abc-r000-m0-c{c}" for c in (5, 6, 7)]
+    assert len({(v["shift_x"], v["zoom"]) for v in extra}) == 3  # each its own random draw
+
+
 @pytest.mark.parametrize("background", ["alpha", "natural"])
 @pytest.mark.parametrize("fill", ["nearest", "reflect", "constant"])
 def test_random_render_is_deterministic_and_order_independent(background, fill):

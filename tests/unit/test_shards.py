@@ -130,6 +130,16 @@ def test_shuffled_order_is_by_blocks_of_sources_within_the_memory_budget(dataset
     assert a == b
 
 
+def test_extra_copies_of_a_source_are_written_and_only_when_augmenting(dataset, tmp_path):
+    _, rows = dataset
+    rows = rows.assign(extra_copies=[0, 3, 0, 1, 0])
+    manifest = build(dataset, tmp_path, rows=rows)
+    per_image = manifest.groupby("image_id").size()
+    base = 2 * 2 * 2  # rotations x mirror x (deterministic + 1 random copy)
+    assert per_image.to_dict() == {i: base + e for i, e in zip(rows["image_id"], rows["extra_copies"])}
+    assert len(build(dataset, tmp_path, split="val", augment=False, rows=rows)) == len(rows)
+
+
 def test_unaugmented_split_gets_one_deterministic_copy(dataset, tmp_path):
     manifest = build(dataset, tmp_path, split="val", augment=False)
     assert len(manifest) == 5 and manifest["image_id"].is_unique

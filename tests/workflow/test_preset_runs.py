@@ -40,7 +40,7 @@ SCALED = {
         "synthetic": {"folds": 3, "patients_per_fold": {"all": 1, "hem": 1}, "holdout_patients": {"all": 1, "hem": 1},
                       "cells_per_patient": [4, 6], "image_size": 64},
         "preprocess": {"size": 32},
-        "augment": {"rotations": 2},
+        "augment": {"rotations": 2, "sources_per_class": 5},
         "train": {"grid": {"model": ["model_1"], "lr": [0.00025], "batch_size": [64]}},
     },
     "seed002": {
@@ -54,13 +54,14 @@ SCALED = {
         "data": {**REPLICA, "patient_regex": None},  # as the real set: no patient ids, image-level groups
         "synthetic": {**FOLDERS, "patients": 0, "classes": 4, "cells_per_class": 40, "imbalance": 4.0},
         "preprocess": {"size": 40},
-        "augment": {"rotations": 2},
+        "augment": {"target_per_class": 30},
         "train": {"trials": 2},
     },
     "seed004": {
         "data": REPLICA,
         "synthetic": {**FOLDERS, "classes": ["malignant", "normal"], "cells_per_class": 40},
         "preprocess": {"size": 40},
+        "train": {"accelerator": "gpu", "mixed_precision": True},  # CPU-only here: must fall back
     },
 }
 
@@ -98,8 +99,11 @@ def test_seed000_alpha_nuclei_with_rotations_and_mirror(run_preset):
     work, config = run_preset("seed000")
     assert read_classes(work / "results/manifests/classes.json") == ["hem", "all"]
     augmented = pd.read_parquet(work / "results/manifests/augmented.parquet")
-    per_image = augmented[augmented["split"] == "train"].groupby("image_id").size()
-    assert (per_image == 2 * 2).all()  # 2 rotations x (plain, mirrored)
+    train = augmented[augmented["split"] == "train"]
+    assert (train.groupby("image_id").size() == 2 * 2).all()  # 2 rotations x (plain, mirrored)
+    splits = pd.read_parquet(work / "results/manifests/splits.parquet")
+    assert (splits["split"] == "train").sum() > 2 * 5  # more training cells than the draw keeps...
+    assert (train.groupby("label_index")["image_id"].nunique() == 5).all()  # ...5 per class, before augmentation
     img, _, _ = records(work, "val", 4)[0]
     assert img.shape == (32, 32, 4) and (img[..., 3] == 0).any()  # alpha background reached the shards
 
@@ -126,10 +130,21 @@ def test_seed003_random_trials_with_their_own_batch_size_on_imbalanced_classes(r
     sources = pd.read_parquet(work / "results/manifests/sources.parquet")
     counts = sources[sources["status"] == "ok"].groupby("label").size()
     assert counts.max() == 40 and counts.min() == 10  # the replica's 4:1 imbalance reached ingest
+    train = pd.read_parquet(work / "results/manifests/augmented.parquet").query("split == 'train'")
+    assert (train.groupby("label_index").size() == 30).all()  # each class up-sampled to the target
+    per_source = train.groupby("image_id").size()
+    assert per_source.max() - per_source.min() > 1  # rarer classes got more copies per cell
+    turned = train.loc[train["copy"] > 0, "rotation"]
+    assert turned.between(0, 360).all() and turned.nunique() == len(turned)  # random angles, not fixed steps
 
 
-def test_seed004_patient_disjoint_split_with_a_quarter_for_test(run_preset):
+def test_seed004_patient_disjoint_split_and_gpu_settings_falling_back_to_the_cpu(run_preset):
     work, config = run_preset("seed004")
+    for cid in combos(config["train"], config["seed"]):
+        info = json.loads((work / f"results/models/{cid}/train.json").read_text())
+        assert (info["device"], info["precision"]) == ("CPU:0", "float32")
+        assert "TensorFlow sees no GPU" in info["device_note"]
+        assert "mixed_precision needs a GPU" in (work / f"results/logs/train/{cid}.log").read_text()
     splits = pd.read_parquet(work / "results/manifests/splits.parquet")
     sources = pd.read_parquet(work / "results/manifests/sources.parquet").set_index("image_id")
     patients = sources.loc[splits["image_id"], "patient_id"].to_numpy()

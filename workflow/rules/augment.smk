@@ -30,6 +30,8 @@ rule merge_manifests:
         AUGMENTED,
     log:
         "results/logs/merge_manifests.log",
+    benchmark:
+        "results/benchmarks/merge_manifests.tsv"
     params:
         library_code=library_code("merge_manifests.py"),
     conda:
@@ -53,6 +55,8 @@ rule contact_sheet:
         ),
     log:
         "results/logs/contact_sheet/{split}.log",
+    benchmark:
+        "results/benchmarks/contact_sheet/{split}.tsv"
     params:
         library_code=library_code("contact_sheet.py"),
         per_class=config["augment"]["contact_sheet"],

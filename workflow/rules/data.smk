@@ -48,6 +48,8 @@ rule split:
         notes="results/reports/split_notes.txt",
     log:
         "results/logs/split.log",
+    benchmark:
+        "results/benchmarks/split.tsv"
     params:
         library_code=library_code("split.py"),
         split=config["split"],

@@ -33,8 +33,11 @@ rule train:
     threads: train_threads()
     resources:
         mem_mb=4000,
+        # train.accelerator gpu: one GPU per training job (the Slurm plugin's --gpus); a local
+        # run does not count GPUs unless given --resources gpu=N.
+        gpu=1 if config["train"]["accelerator"] == "gpu" else 0,
     conda:
-        "../../envs/train.yaml"
+        "../../envs/train-gpu.yaml" if config["train"]["accelerator"] == "gpu" else "../../envs/train.yaml"
     script:
         "../scripts/train.py"
 

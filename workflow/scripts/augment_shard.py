@@ -4,22 +4,40 @@ from hemaflow.logs import to_log
 
 to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
 
+import logging
+
+from hemaflow import sampling
 from hemaflow.manifest import read_manifest
-from hemaflow.shards import build_shard, shard_of
+from hemaflow.preprocess import variants
+from hemaflow.shards import VARIANT_KEYS, build_shard, shard_of
 
 split, shard = snakemake.wildcards.split, int(snakemake.wildcards.shard)
+augment = snakemake.params.augment
 sources = read_manifest(snakemake.input.sources, "sources")
 splits = read_manifest(snakemake.input.splits, "splits")
 rows = sources.merge(splits[splits["split"] == split][["image_id"]], on="image_id")
+if augment is not None:
+    # The whole split's plan (every shard job computes the same one), then this shard's part.
+    n = len(rows)
+    rows = sampling.plan(
+        rows,
+        split=split,
+        seed=snakemake.params.seed,
+        copies_per_source=len(variants("", **{k: augment[k] for k in VARIANT_KEYS})),
+        sources_per_class=augment["sources_per_class"],
+        target_per_class=augment["target_per_class"],
+    )
+    logging.info("%s: %d of %d sources used, %d extra copies (augment.sources_per_class %s, target_per_class %s)",
+                 split, len(rows), n, rows["extra_copies"].sum(), augment["sources_per_class"], augment["target_per_class"])
 rows = rows[rows["image_id"].map(lambda i: shard_of(i, snakemake.params.n_shards)) == shard]
 build_shard(
-    rows[["image_id", "rel_path", "label_index"]],
+    rows[[c for c in ("image_id", "rel_path", "label_index", "extra_copies") if c in rows]],
     root=snakemake.params.root,
     split=split,
     shard=shard,
-    augment=snakemake.params.augment is not None,
+    augment=augment is not None,
     preprocess=snakemake.params.preprocess,
-    augment_params=snakemake.params.augment or {},
+    augment_params=augment or {},
     seed=snakemake.params.seed,
     max_pixels=snakemake.params.max_pixels,
     out_records=snakemake.output.records,

@@ -10,14 +10,15 @@ from hemaflow import fusion
 from hemaflow.grid import is_fused
 from hemaflow.manifest import read_classes, read_manifest
 from hemaflow.model_params import record
-from hemaflow.train import train_combo, use_threads
+from hemaflow.train import train_combo, use_device, use_threads
 
 use_threads(snakemake.threads)
+s = snakemake.params.settings
+device = use_device(s["accelerator"], s["mixed_precision"])
 
 # Counts from the shard manifests: counting the records would read every one of them.
 train_rows = pd.concat([pd.read_parquet(p, columns=["label_index"]) for p in snakemake.input.manifests])
 n_val = sum(len(pd.read_parquet(p, columns=["index"])) for p in snakemake.input.val_manifests)
-s = snakemake.params.settings
 classes = read_classes(snakemake.input.classes)
 # First, so that model.keras (written last by train_combo) never exists without it.
 record(snakemake.output.params, preprocess=snakemake.params.preprocess, channels=snakemake.params.channels, classes=classes)
@@ -46,4 +47,5 @@ train_combo(
     history_path=snakemake.output.history,
     cbc=cbc,
     threads=snakemake.threads,
+    device=device,
 )
