@@ -53,7 +53,7 @@ def use_threads(n: int) -> None:
 
 def use_device(accelerator: str, mixed_precision: bool) -> dict:
     """Pick where training runs (train.accelerator, train.mixed_precision); call before any
-    TensorFlow op. Returns {device, precision, note} for train.json, and logs the choice.
+    TensorFlow op. Returns {device, precision, device_note} for train.json; logs the choice.
 
     cpu hides every GPU, so a GPU machine trains the same model as any other CPU. gpu keeps the
     GPUs visible and Keras places the work on the first; with none visible (the CPU-only
