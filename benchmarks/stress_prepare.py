@@ -10,10 +10,11 @@ through `snakemake prepare` with 36 rotations x mirror (10,661 x 72 = 767,592 tr
    holdout cells `1.bmp..1867.bmp` with a labels CSV. The real CSV's patients are not in the
    index, so the holdout is dealt to 28 made-up patients (15 all, 13 hem), 2:1 all:hem.
 2. Runs `snakemake prepare` there with config/presets/seed000.yaml (k = --size, shards
-   128/16/16), train and val folds augmented (seed 000 augmented all 10,661), and reports wall time, augmented images per second, peak RSS per rule from
-   Snakemake's benchmark files, bytes written, then the no-op rerun and the dry-run (DAG) time.
-Synthetic nuclei are smoother than real ones, so real PNGs are somewhat larger: the disk
-figure is a lower bound (--sample on real images measures it on them: --images DIR).
+   128/16/16), train and val folds augmented (seed 000 augmented all 10,661), and reports wall
+   time, augmented images per second, peak RSS per rule from Snakemake's benchmark files, bytes
+   written, then the no-op rerun and the dry-run (DAG) time.
+Synthetic nuclei are smoother than real ones, whose PNGs are likely larger: read the disk figure
+as a lower bound (`--sample N` gives it quickly for another --size).
 """
 
 from __future__ import annotations
