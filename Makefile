@@ -30,7 +30,7 @@ $(VENV)/.gpu: $(VENV)/.installed
 	touch $@
 
 run: setup
-	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES)  # with profiles/default, which Snakemake reads by itself
 
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -ra --durations=15 tests

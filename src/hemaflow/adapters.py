@@ -2,7 +2,7 @@
 
 Every adapter returns one row per file under the data root (and per listed file), with
 `reason` set for what is known from names alone: a quarantine reason (bad_label,
-outside_root, duplicate_name, bad_filename, unknown_label) or a skip reason
+outside_root, duplicate_name, bad_filename, unknown_label, unsafe_label) or a skip reason
 (`images.SKIP_REASONS`: hidden, not_an_image_extension, ...); `ingest.build_sources`
 decodes the rest. Labels go through `data.label_map`; the class list (`label_index` order)
 is `data.classes` when given, else the adapter's own.
@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from hemaflow.images import IMAGE_EXTENSIONS
+from hemaflow.safenames import name_problem
 
 ADAPTERS = ("cnmc", "folders", "filelist")
 ALIASES = {"synthetic": "cnmc"}  # the embedded replica has the C-NMC layout
@@ -61,7 +62,8 @@ def list_candidates(
     CSV exists but lacks a file, that file is `bad_label`, and CSV rows whose file is not
     listed are added (ingest marks them `missing`).
     folders: one sub-folder per class (files directly in `root` are `outside_class_folder`;
-    an empty class folder is still a class); `patient_regex` (named group `patient`) is
+    a folder without image files is one `empty_class_folder` row, and a class only when
+    `classes` names it: the split then stops); `patient_regex` (named group `patient`) is
     searched in the path below the class folder.
     filelist: CSV with columns path,label[,patient_id], paths relative to `root`; files under
     `root` that it does not name are `not_in_filelist`.
@@ -78,11 +80,13 @@ def list_candidates(
     if kind == "filelist":
         rows, source_classes = _filelist_rows(root, filelist, regex)
     else:
-        paths, folders = _read_index(index) if index else _walk(root)
+        paths, folders = _read_index(index) if index else walk_tree(root)
         if kind == "cnmc":
             rows, source_classes = _cnmc_rows(root, paths, from_index=bool(index)), CNMC_CLASSES
         else:
-            rows, source_classes = _folder_rows(paths, regex), folders
+            empty = _empty_folders(paths, folders)  # recorded, but not classes of their own
+            rows = _folder_rows(paths, regex) + [_row(f, f, reason="empty_class_folder") for f in sorted(empty)]
+            source_classes = tuple(f for f in folders if f not in empty)
     label_map = label_map or {}
     if classes:
         class_list = tuple(classes)
@@ -125,7 +129,7 @@ def check_positive_class(classes, positive_class: str) -> str | None:
 
 def _mapped(names, label_map: dict, keep_order: bool) -> tuple[str, ...]:
     out = [label_map.get(n, n) for n in names]
-    out = [n for n in dict.fromkeys(out) if n is not None]
+    out = [n for n in dict.fromkeys(out) if n is not None and not name_problem(n)]  # unsafe: quarantined
     return tuple(out if keep_order else sorted(out))
 
 
@@ -181,34 +185,63 @@ def _is_image(rel: str) -> bool:
     return rel.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _walk(root: Path) -> tuple[list[tuple[str, str | None]], tuple[str, ...]]:
-    """(every file under `root` as (relative POSIX path, hidden/bad_filename or None), top-level
-    folders); links out of `root` are listed, not followed."""
+def walk_tree(root: Path) -> tuple[list[tuple[str, str | None]], tuple[str, ...]]:
+    """(every file under `root` as (relative POSIX path, a name or listing reason or None), the
+    readable top-level folders). Links out of `root` are listed, not followed; a folder that
+    cannot be listed or a link loop is one `unreadable` entry; FIFOs, sockets and devices are
+    `not_a_regular_file` (opening a FIFO would block)."""
     if not root.is_dir():
         raise FileNotFoundError(f"data.root: {root} is not a directory (set data.root, or data.index for a dry run)")
     root_real = os.path.realpath(root)
     out, folders, seen = [], [], set()
 
-    def visit(folder: str, rel: str, inherited: str | None) -> None:
+    def visit(folder: str, rel: str, inherited: str | None) -> bool:
         real = os.path.realpath(folder)
         if real in seen:  # a link back to a folder already walked
-            return
+            return True
         seen.add(real)
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError:  # no permission, or gone meanwhile
+            out.append((rel.rstrip("/"), inherited or "unreadable"))
+            return False
+        for entry in entries:
             name, bad = _printable(entry.name)
             reason = inherited or ("hidden" if name.startswith(".") else "bad_filename" if bad else None)
             path = rel + name
-            if entry.is_symlink() and not _within(root_real, os.path.realpath(entry.path)):
-                out.append((path, reason))
-            elif entry.is_dir():
-                if not rel and reason is None:
+            try:
+                kind = _entry_kind(entry, root_real)
+            except OSError:  # a symlink loop (ELOOP), or an entry that cannot be stat'ed
+                kind, reason = "file", reason or "unreadable"
+            if kind == "dir":
+                if visit(entry.path, path + "/", reason) and not rel and reason is None:
                     folders.append(name)
-                visit(entry.path, path + "/", reason)
-            elif entry.is_file() or entry.is_symlink():
-                out.append((path, reason))
+            else:
+                out.append((path, reason or (None if kind == "file" else "not_a_regular_file")))
+        return True
 
-    visit(str(root), "", None)
+    if not visit(str(root), "", None):
+        raise FileNotFoundError(f"data.root: cannot list {root} (check its permissions)")
     return out, tuple(folders)
+
+
+def _entry_kind(entry: os.DirEntry, root_real: str) -> str:
+    """`dir` to walk into; `file` to list (a link out of the root or a broken link too: ingest
+    flags them); `other` for a FIFO, socket or device."""
+    if entry.is_symlink() and not _within(root_real, os.path.realpath(entry.path)):
+        return "file"
+    if entry.is_dir():
+        return "dir"
+    if entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path)):
+        return "file"
+    return "other"
+
+
+def _empty_folders(entries, folders) -> set[str]:
+    """The top-level folders that hold no image file (anything else in them is skipped anyway)."""
+    used = {p.split("/", 1)[0] for p, pre in entries if pre is None and "/" in p and _is_image(p)}
+    return set(folders) - used
 
 
 def _read_index(index) -> tuple[list[tuple[str, str | None]], tuple[str, ...]]:
@@ -223,7 +256,8 @@ def _read_index(index) -> tuple[list[tuple[str, str | None]], tuple[str, ...]]:
 
 def _locate(root: Path, raw: str) -> tuple[str, bool]:
     """(normalised POSIX path relative to `root`, whether it escapes `root` by `..`, absolute path or link)."""
-    raw = raw.replace("\\", "/")
+    if "\\" in raw and not os.path.lexists(root / raw):  # a Windows-style list; else a backslash in a file name
+        raw = raw.replace("\\", "/")
     root_real = os.path.realpath(root)
     if posixpath.isabs(raw):
         real = os.path.realpath(raw)
@@ -382,7 +416,7 @@ def _filelist_rows(root: Path, filelist, regex) -> tuple[list[dict], tuple[str, 
         rows.append(_row(r.path.strip(), r.label or None, patient, reason=None if r.label else "bad_label"))
     listed = {_locate(root, row["rel_path"])[0] for row in rows}
     own = os.path.realpath(filelist)
-    for rel, pre in _walk(root)[0] if root.is_dir() else []:
+    for rel, pre in walk_tree(root)[0] if root.is_dir() else []:
         if rel not in listed:
             itself = os.path.realpath(root / rel) == own
             rows.append(_row(rel, reason=pre or ("label_file" if itself else "not_in_filelist")))
@@ -410,6 +444,8 @@ def _finish(rows: list[dict], root: Path, dataset: str, classes: tuple, label_ma
             row["label"] = label = label_map.get(source, source)
             if label is None:
                 row["reason"] = row["reason"] or "dropped_by_label_map"
+            elif name_problem(label):  # a class name becomes a folder name (overlays, plots): `../x` must not
+                row["reason"] = row["reason"] or "unsafe_label"
             elif check and label not in classes:
                 row["reason"] = row["reason"] or "unknown_label"
         row["label_index"] = classes.index(row["label"]) if row["label"] in classes else -1

@@ -113,8 +113,8 @@ def featurize_split(records: Iterable, channels: int) -> pd.DataFrame:
 
 
 def calibration_folds(y: np.ndarray, groups: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """5 stratified folds that keep all rows of a source image (`groups`) on one side, so
-    Platt scaling is fit on decision values of cells the SVM did not see; `seed` shuffles them."""
+    """5 stratified folds that keep all rows of a group (a patient, see fit_baseline) on one side,
+    so Platt scaling is fit on decision values of patients the SVM did not see; `seed` shuffles them."""
     folds = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=seed)
     return list(folds.split(np.zeros(len(y)), y, groups))
 
@@ -137,10 +137,17 @@ def fit_svm(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, class_w
     return make_pipeline(StandardScaler(), calibrated).fit(X, y)
 
 
-def fit_baseline(features: pd.DataFrame, seed: int, class_weight: str | None = None) -> Pipeline:
-    """fit_svm on a featurize_split table (the train split's)."""
+def fit_baseline(features: pd.DataFrame, seed: int, class_weight: str | None = None,
+                 patients: pd.Series | None = None) -> Pipeline:
+    """fit_svm on a featurize_split table (the train split's), its calibration folds grouped by
+    patient (`patients`: patient id by image id, e.g. sources.parquet's) and by image where an
+    image has none: a patient's cells look alike, so folds split by cell would calibrate on
+    patients the SVM saw."""
     X = features[FEATURE_NAMES].to_numpy()
-    return fit_svm(X, features["label_index"].to_numpy(int), features["image_id"].to_numpy(), seed, class_weight)
+    ids = features["image_id"]
+    patient = ids.map(patients) if patients is not None else pd.Series(pd.NA, index=ids.index)
+    groups = ("patient:" + patient.astype("str")).where(patient.notna(), "image:" + ids).to_numpy()
+    return fit_svm(X, features["label_index"].to_numpy(int), groups, seed, class_weight)
 
 
 def predict_svm(pipe: Pipeline, X: np.ndarray, n_classes: int | None = None) -> np.ndarray:

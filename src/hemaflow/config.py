@@ -19,6 +19,42 @@ class ParamsError(ValueError):
     """The configuration does not match workflow/schemas/params.schema.yaml."""
 
 
+def check_config_file(path: str | Path) -> None:
+    """A config file Snakemake is about to read is a YAML mapping: ParamsError naming the file
+    (and the line of a YAML syntax error) otherwise, where Snakemake's own message names neither."""
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ParamsError(f"{path}{where}: not valid YAML: {problem}") from None
+    if values is None:
+        raise ParamsError(f"{path}: the config file is empty; it needs `key: value` lines (see params.yaml)")
+    if not isinstance(values, Mapping):
+        raise ParamsError(f"{path}: the config file holds a {type(values).__name__}, not a mapping of `key: value` lines")
+
+
+def typed_cli_config(values):
+    """--config values with YAML types inside mappings and lists: Snakemake types a top-level value
+    (seed=7 is an int) but leaves every value nested in `preprocess={size: 64}` a string."""
+
+    def typed(value, nested):
+        if isinstance(value, Mapping):
+            return {k: typed(v, True) for k, v in value.items()}
+        if isinstance(value, list):
+            return [typed(v, True) for v in value]
+        if nested and isinstance(value, str):
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+            return parsed if not isinstance(parsed, (Mapping, list)) else value
+        return value
+
+    return {k: typed(v, False) for k, v in values.items()}
+
+
 def _strict_integer(checker, instance) -> bool:
     # Draft 2020-12 counts 7.0 as an integer, but a float seed crashes numpy's SeedSequence and a
     # float count crashes range(); YAML and --config read "7.0" as a float, so say so early.
@@ -128,9 +164,11 @@ def check_data_paths(data: Mapping, project: str | Path, layers: Layers) -> None
     def check(key: str, exists, what: str, fix: str) -> None:
         value = data[key]
         if not exists(project / value):
+            found = (project / value).exists()
+            kind = ("not a directory" if exists is Path.is_dir else "not a file") if found else "does not exist"
             problems.append(
                 f"{source_of(['data', key], layers)}: data.{key}: {what} {value!r} ({project / value}) "
-                f"does not exist. {fix} ({relative})."
+                f"{'is ' if found else ''}{kind}. {fix} ({relative})."
             )
 
     if data["adapter"] != "synthetic" and data["index"]:

@@ -201,8 +201,17 @@ def evaluate_predictions(
     cols = [f"p_{c}" for c in range(len(names))]
 
     result: dict = {}
-    for split in [s for s in SPLITS if s in set(images["split"])]:
+    for split in SPLITS:
         d = images[images["split"] == split]
+        if d.empty:  # e.g. split.ratios without a test share: the rule's figures and tables still exist
+            log.warning("the %s split has no images: its metrics are left out and its figures say so", split)
+            pd.DataFrame({"actual": pd.Series(dtype=str), "predicted": pd.Series(dtype=str)}).to_csv(
+                table("confusion", split), index=False)  # fmt: skip
+            metrics.roc_table(np.zeros(0, int), np.zeros((0, len(names))), names, positive=positive).to_csv(
+                table("roc", split), index=False)  # fmt: skip
+            for kind in ("confusion", "roc"):
+                plots.message(out / f"{kind}_{split}.png", f"{split} {kind}", f"the {split} split has no images")
+            continue
         y, proba = d["label_index"].to_numpy(int), d[cols].to_numpy()
         result[split] = metrics.cell_metrics(y, proba, names, positive=positive)
         pd.DataFrame({"actual": d["label"], "predicted": d["predicted_label"]}).to_csv(

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hemaflow.safenames import check_name, under
+
 # Perturbed images per model call: large enough to keep the CPU busy, small enough for memory.
 BATCH_SIZE = 256
 # The sufficiency table's row of every class together (C-NMC has a class named "all").
@@ -31,23 +33,41 @@ def class_scores(model, images: np.ndarray, *, batch_size: int = BATCH_SIZE) -> 
     return np.column_stack([1.0 - raw[:, 0], raw[:, 0]]) if width == 1 else raw
 
 
-def last_conv_layer(model) -> str:
-    """Name of the model's last convolutional layer (4-D output), the layer Grad-CAM reads."""
+def feature_layers(model) -> list[str]:
+    """Names of the layers whose outputs Grad-CAM reads: the last 4-D map of each branch, i.e.
+    what each global pooling or Flatten layer takes, after the branch's last BatchNorm,
+    activation or residual add (a backbone's last conv is pre-activation: it misses them)."""
     import keras
 
-    convs = (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.DepthwiseConv2D)
-    for layer in reversed(model.layers):
-        if isinstance(layer, convs):
-            return layer.name
-    raise ValueError(f"model {model.name!r} has no convolutional layer: Grad-CAM needs one (use LIME instead)")
+    if isinstance(model, keras.Sequential):
+        pooling = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten)
+        names = [prev.name for prev, layer in zip(model.layers, model.layers[1:]) if isinstance(layer, pooling)][:1]
+    else:
+        # Back from the head's input through the non-spatial layers (dense, dropout, concatenate,
+        # pooling) to the first 4-D tensors: one per branch. Global pooling inside a block
+        # (squeeze-and-excitation) is not on that path.
+        names, todo = [], [model.layers[-1].input]
+        while todo:
+            tensor = todo.pop()
+            operation, node_index, _ = tensor._keras_history
+            if len(tensor.shape) == 4:
+                names += [] if operation.name in names else [operation.name]
+            else:
+                todo.extend(reversed(operation._inbound_nodes[node_index].input_tensors))
+        names.sort(key=[layer.name for layer in model.layers].index)  # model order
+    if not names:
+        raise ValueError(f"model {model.name!r} has no spatial map before a global pooling or Flatten layer: "
+                         "Grad-CAM needs one (use LIME instead)")  # fmt: skip
+    return names
 
 
-def _class_logits(model, layer: str):
-    """A function images -> (conv output, class logits), as in the Keras Grad-CAM example.
+def _class_logits(model, layers: list[str]):
+    """A function images -> (the maps of `layers`, class logits), as in the Keras Grad-CAM example.
 
     With a sigmoid or softmax Dense head the logits are its pre-activation (gradients of a
     saturated probability vanish); a sigmoid's logit z becomes [-z, z], so class 0 is scored
-    by -z. Other heads fall back to the class probabilities.
+    by -z. Other heads fall back to the class probabilities. Logits are float32 even under
+    mixed precision (float16 maps, float32 head).
     """
     import keras
     import tensorflow as tf
@@ -57,57 +77,71 @@ def _class_logits(model, layer: str):
         # A Sequential model loaded from model.keras has no symbolic head.input to build a
         # sub-model from (seed 002/003/004's networks): run its layers in order instead.
         def features(images):
-            x, conv = images, None
+            x, maps = images, []
             for lyr in model.layers[:-1]:
                 x = lyr(x, training=False)
-                conv = x if lyr.name == layer else conv
-            return conv, x
+                maps += [x] if lyr.name in layers else []
+            return maps, x
 
     else:
-        feature_model = keras.Model(model.inputs, [model.get_layer(layer).output, head.input])
+        outputs = [model.get_layer(name).output for name in layers]
+        feature_model = keras.Model(model.inputs, [*outputs, head.input])
 
         def features(images):
-            return feature_model(images, training=False)
+            *maps, x = feature_model(images, training=False)
+            return maps, x
+
+    def float32_features(images):  # the maps as they are: gradients are taken with respect to them
+        maps, x = features(images)
+        return maps, tf.cast(x, tf.float32)
 
     softmax_or_sigmoid = (keras.activations.sigmoid, keras.activations.softmax)
     if isinstance(head, keras.layers.Dense) and head.activation in softmax_or_sigmoid:
 
         def logits(images):
-            conv, x = features(images)
-            z = tf.matmul(x, head.kernel) + head.bias
-            return conv, tf.concat([-z, z], axis=1) if z.shape[-1] == 1 else z
+            maps, x = float32_features(images)
+            z = tf.matmul(x, tf.cast(head.kernel, tf.float32)) + tf.cast(head.bias, tf.float32)
+            return maps, tf.concat([-z, z], axis=1) if z.shape[-1] == 1 else z
 
         return logits
 
     def probabilities(images):
-        conv, x = features(images)
-        p = head(x, training=False)
-        return conv, tf.concat([1.0 - p, p], axis=1) if p.shape[-1] == 1 else p
+        maps, x = float32_features(images)
+        p = tf.cast(head(x, training=False), tf.float32)
+        return maps, tf.concat([1.0 - p, p], axis=1) if p.shape[-1] == 1 else p
 
     return probabilities
 
 
-def gradcam(model, images: np.ndarray, class_index: np.ndarray, *, layer: str | None = None) -> np.ndarray:
+def gradcam(model, images: np.ndarray, class_index: np.ndarray, *, layers: list[str] | None = None) -> np.ndarray:
     """Grad-CAM of class `class_index[i]` for each image: (N, H, W) heat maps in [0, 1].
 
     images (N, H, W, C) float32 in [0, 1]. The channel weights are the gradients of the class
-    logit averaged over the conv map of each image; the ReLU of the weighted map is resized
-    to the image (bilinear) and divided by its maximum (all zero when no region supports the
-    class). `layer` defaults to the last convolutional layer.
+    logit averaged over each map; the ReLU of a branch's weighted map is resized to the image
+    (bilinear). Several branches (seed 000's model_4/model_5: one per resolution) are added
+    with weights h·w / (H·W), so that each pixel carries its share of the evidence whatever the
+    branch's resolution (behind global average pooling a branch adds the sum of its map to the
+    logit). The sum is divided by its maximum (all zero when no region supports the class).
+    `layers` default to feature_layers(model).
     """
     import tensorflow as tf
 
     images = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
     index = np.broadcast_to(np.asarray(class_index, dtype=np.int64), (images.shape[0],))
-    scores_of = _class_logits(model, layer or last_conv_layer(model))
+    scores_of = _class_logits(model, layers or feature_layers(model))
     with tf.GradientTape() as tape:
-        conv, logits = scores_of(images)
+        maps, logits = scores_of(images)
         # each image's score depends on that image only, so one gradient of the sum gives all
         score = tf.reduce_sum(tf.gather(logits, index, axis=1, batch_dims=1))
-    grads = tape.gradient(score, conv)
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(conv * weights, axis=-1, keepdims=True))
-    cam = tf.image.resize(cam, images.shape[1:3], method="bilinear")[..., 0].numpy()
+    side = images.shape[1:3]
+    cam = 0.0
+    for conv, grads in zip(maps, tape.gradient(score, maps)):
+        conv, grads = tf.cast(conv, tf.float32), tf.cast(grads, tf.float32)  # float16 under mixed precision
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        positive = tf.nn.relu(tf.reduce_sum(conv * weights, axis=-1, keepdims=True))
+        share = conv.shape[1] * conv.shape[2] / (side[0] * side[1])
+        cam += tf.image.resize(positive, side, method="bilinear") * share
+    cam = cam[..., 0].numpy()
     top = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
     return np.divide(cam, top, out=np.zeros_like(cam), where=top > 0).clip(0.0, 1.0)
 
@@ -238,35 +272,54 @@ def keep_superpixels(image: np.ndarray, segments: np.ndarray, keep, fill: float 
 
 def sufficiency(model, images: np.ndarray, labels, explanations, ns, *, class_names, seed: int,
                 fill: float = 0.0, batch_size: int = BATCH_SIZE) -> pd.DataFrame:
-    """Accuracy when only n superpixels of each image are kept, for every n in `ns`.
+    """How much of each image's prediction n superpixels keep, for every n in `ns`.
 
-    method `lime`: the n with the largest LIME weight for the predicted class; `random`: n drawn
-    at random (one seeded permutation per image, so the sets grow with n); `full image`: nothing
-    hidden, the reference. The same images enter every n: an image with fewer than n
-    superpixels keeps all of them. One row per method, n and class (true label; OVERALL = every
-    image): images, accuracy, kept_prediction (same class as on the full image), kept (mean
-    fraction of superpixels kept).
+    method `lime`: the n with the largest LIME weight for the predicted class; `random`: a seeded
+    random order of the superpixels (one per image, so the sets grow with n), cut where it covers
+    at least the pixels the LIME top n cover, so both keep the same area (n random superpixels
+    would keep less of the cell wherever LIME's are large); `full image`: nothing hidden, the
+    reference; `nothing kept` (n = 0): every superpixel hidden, the floor (a model that calls a
+    blank image one class scores that class's share there by default). The same images enter
+    every n: an image with fewer than n superpixels keeps all of them.
+    One row per method, n and class (true label; OVERALL = every image): images, accuracy,
+    kept_prediction (same class as on the full image), precision (seed 003's measure: of the
+    images predicted as the class, the share truly of it; OVERALL their mean over the predicted
+    classes), kept (mean fraction of superpixels kept) and area (of pixels kept).
     """
     labels = np.asarray(labels, dtype=int)
     predicted = np.array([e.label for e in explanations])
     rng = np.random.default_rng(seed)
-    orders = {"lime": [e.ranking() for e in explanations],
-              "random": [rng.permutation(len(e.weights)) for e in explanations]}
-    rows = []
+    sizes = [np.bincount(e.segments.ravel(), minlength=len(e.weights))[: len(e.weights)] for e in explanations]
+    lime_orders = [e.ranking() for e in explanations]
+    random_orders = [rng.permutation(len(e.weights)) for e in explanations]
+
+    def random_like_lime(k: int, n: int) -> np.ndarray:
+        target = sizes[k][lime_orders[k][:n]].sum()
+        covered = np.cumsum(sizes[k][random_orders[k]])
+        return random_orders[k][: int(np.searchsorted(covered, target)) + 1] if n else random_orders[k][:0]
+
+    def scored(method: str, n: int, keeps) -> tuple:
+        kept = [keep_superpixels(img, e.segments, keep, fill) for img, e, keep in zip(images, explanations, keeps)]
+        pred = class_scores(model, np.stack(kept), batch_size=batch_size).argmax(axis=1)
+        fraction = np.array([len(keep) / len(e.weights) for keep, e in zip(keeps, explanations)])
+        area = np.array([size[np.asarray(keep, int)].sum() / size.sum() for keep, size in zip(keeps, sizes)])
+        return method, n, fraction, area, pred
+
+    rows = [scored("nothing kept", 0, [o[:0] for o in lime_orders])]
     for n in ns:
-        rows.append(("full image", n, np.ones(len(labels)), predicted))
-        for method, order in orders.items():
-            kept = [keep_superpixels(img, e.segments, o[:n], fill) for img, e, o in zip(images, explanations, order)]
-            pred = class_scores(model, np.stack(kept), batch_size=batch_size).argmax(axis=1)
-            rows.append((method, n, np.array([min(n, len(o)) / len(o) for o in order]), pred))
+        rows.append(("full image", n, np.ones(len(labels)), np.ones(len(labels)), predicted))
+        rows.append(scored("lime", n, [o[:n] for o in lime_orders]))
+        rows.append(scored("random", n, [random_like_lime(k, n) for k in range(len(labels))]))
     names = np.asarray(class_names, dtype=object)
     out = []
-    for method, n, fraction, pred in rows:
-        for name, sel in [(OVERALL, np.ones(len(labels), bool)), *((names[c], labels == c) for c in np.unique(labels))]:
-            out.append({"method": method, "n": int(n), "class": name, "images": int(sel.sum()),
-                        "accuracy": float((pred[sel] == labels[sel]).mean()),
+    for method, n, fraction, area, pred in rows:
+        precision = {c: float((labels[pred == c] == c).mean()) for c in np.unique(pred)}
+        for c, sel in [(None, np.ones(len(labels), bool)), *((c, labels == c) for c in np.unique(labels))]:
+            out.append({"method": method, "n": int(n), "class": OVERALL if c is None else names[c],
+                        "images": int(sel.sum()), "accuracy": float((pred[sel] == labels[sel]).mean()),
                         "kept_prediction": float((pred[sel] == predicted[sel]).mean()),
-                        "kept": float(fraction[sel].mean())})  # fmt: skip
+                        "precision": float(np.mean(list(precision.values()))) if c is None else precision.get(c, np.nan),
+                        "kept": float(fraction[sel].mean()), "area": float(area[sel].mean())})  # fmt: skip
     return pd.DataFrame(out)
 
 
@@ -302,24 +355,6 @@ def load_images(records, augmented: pd.DataFrame, image_ids, channels: int) -> d
     return found
 
 
-def best_explainable(metrics: dict, candidates) -> str:
-    """The leaderboard's best (metrics.json `best`) if it can be explained, else the best of `candidates`
-    by the ranking metric (the SVM baseline has no gradients and no image input)."""
-    candidates = list(candidates)
-    if metrics["best"] in candidates:
-        return metrics["best"]
-    key = f"val_{metrics['rank_by']}"
-
-    def rank(combo):
-        value = metrics["combos"].get(combo, {}).get(key)
-        return (value is None, -(value or 0.0), combo)  # missing figures last, ties by id
-
-    ranked = sorted(candidates, key=rank)
-    if not ranked:
-        raise ValueError("no CNN combination to explain: train.grid.model is empty or only the SVM was trained")
-    return ranked[0]
-
-
 # ------------------------------------------------------------------ the pipeline's explain step
 
 
@@ -352,7 +387,7 @@ def explain_model(model, predictions: pd.DataFrame, images: dict[str, np.ndarray
     rows = []
     for k, cell in enumerate(gallery.itertuples(index=False)):
         e, img = lime[cell.image_id], x[index[cell.image_id]]
-        png = overlays / str(cell.label) / cell.kind / f"{cell.image_id}.png"
+        png = overlay_path(overlays, cell.label, cell.kind, cell.image_id)
         png.parent.mkdir(parents=True, exist_ok=True)
         title = (f"true: {cell.label} · predicted: {names[e.label]} (p = {e.probability:.2f}) · "
                  f"{cell.split}, {cell.kind}")
@@ -381,6 +416,14 @@ def explain_model(model, predictions: pd.DataFrame, images: dict[str, np.ndarray
     }
     Path(out["summary"]).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def overlay_path(overlays: Path, label, kind: str, image_id: str) -> Path:
+    """overlays/<class>/<kind>/<image id>.png; UnsafeName when a part would lead elsewhere (ingest
+    quarantines such labels, so one arriving here is a bug: refuse rather than write outside)."""
+    parts = [check_name(str(label), "class label"), check_name(kind, "cell kind"),
+             check_name(f"{image_id}.png", "image id")]  # fmt: skip
+    return under(Path(overlays).joinpath(*parts), overlays)
 
 
 def sample_cells(predictions: pd.DataFrame, settings: dict, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

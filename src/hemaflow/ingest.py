@@ -19,7 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from hemaflow.adapters import similar_labels
-from hemaflow.images import REASONS, SKIP_REASONS, ImageRejected, load_rgb
+from hemaflow.images import REASONS, SKIP_REASONS, ImageRejected, implausible, load_rgb
 
 SOURCE_COLUMNS = [
     "image_id", "dataset", "rel_path", "patient_id", "source_label", "label", "label_index", "fold", "holdout",
@@ -34,23 +34,28 @@ def content_hash(rgb: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _inspect(path: Path, max_pixels: int) -> dict:
+FIRST_FILES = 5  # paths named per reason in ingest.json and the log; quarantine.csv has them all
+
+
+def _inspect(path: Path, max_pixels: int, min_side: int) -> dict:
     try:
         rgb, mode, fmt = load_rgb(path, max_pixels)
     except ImageRejected as e:
         return {"reason": e.reason}
+    except OSError:  # the file became unreadable after listing (permissions, I/O error)
+        return {"reason": "unreadable"}
     return {
         "width": rgb.shape[1],
         "height": rgb.shape[0],
         "mode": mode,
         "format": fmt,
         "content_hash": content_hash(rgb),
-        "reason": None,
+        "reason": implausible(rgb, min_side),
     }
 
 
-def _decode_all(paths: list[Path], max_pixels: int, threads: int) -> list[dict]:
-    inspect = partial(_inspect, max_pixels=max_pixels)
+def _decode_all(paths: list[Path], max_pixels: int, min_side: int, threads: int) -> list[dict]:
+    inspect = partial(_inspect, max_pixels=max_pixels, min_side=min_side)
     bar = partial(tqdm, total=len(paths), desc="decode", unit="img", file=sys.stderr, mininterval=1.0)
     if threads <= 1:
         return list(bar(map(inspect, paths)))
@@ -96,10 +101,15 @@ def build_sources(
     dataset: str,
     strict: bool = False,
     max_pixels: int,
+    min_side: int = 1,
     threads: int = 1,
     on_label_conflict: str = "quarantine",
 ) -> pd.DataFrame:
-    """The sources manifest (SOURCE_COLUMNS) for `candidates` from `adapters.list_candidates`."""
+    """The sources manifest (SOURCE_COLUMNS) for `candidates` from `adapters.list_candidates`.
+
+    A decoded image whose smaller side is below `min_side` is quarantined `too_small` (the
+    workflow passes data.min_side; 1 checks nothing), a near-constant one `blank`.
+    """
     if candidates["image_id"].duplicated().any():
         raise ValueError("candidates have repeated image_id values; build them with adapters.list_candidates")
     root = Path(root)
@@ -107,7 +117,7 @@ def build_sources(
     df["dataset"] = dataset
     todo = df.index[df["reason"].isna()]
     decoded = pd.DataFrame(
-        _decode_all([root / p for p in df.loc[todo, "rel_path"]], max_pixels, threads),
+        _decode_all([root / p for p in df.loc[todo, "rel_path"]], max_pixels, min_side, threads),
         index=todo,
         columns=["width", "height", "mode", "format", "content_hash", "reason"],
     )
@@ -137,7 +147,8 @@ def _strict_message(df: pd.DataFrame, root: Path) -> str:
 
 
 def summary(sources: pd.DataFrame, classes, *, warn_similar: bool = True) -> dict:
-    """The ingest report: status counts (ok + quarantined + skipped = rows), reasons, usable
+    """The ingest report: status counts (ok + quarantined + skipped = rows), file counts per
+    quarantine and skip reason with the first FIRST_FILES paths of each (`first_files`), usable
     images per class (empty classes listed), label-conflict groups and, with `warn_similar`
     (no data.classes to check against), class names that look like typos of each other."""
     ok = sources[sources["status"] == "ok"]
@@ -153,6 +164,7 @@ def summary(sources: pd.DataFrame, classes, *, warn_similar: bool = True) -> dic
         "status": {s: int((sources["status"] == s).sum()) for s in ("ok", "quarantined", "skipped")},
         "reasons": counts(sources.loc[sources["status"] == "quarantined", "reason"]),
         "skipped": counts(sources.loc[sources["status"] == "skipped", "reason"]),
+        "first_files": _first_files(sources[sources["status"] != "ok"]),
         "classes": {**per_class, **({"(unlabelled)": unlabelled} if unlabelled else {})},
         "empty_classes": [c for c, n in per_class.items() if n == 0],
         "patients": int(ok["patient_id"].nunique()),
@@ -163,6 +175,11 @@ def summary(sources: pd.DataFrame, classes, *, warn_similar: bool = True) -> dic
     if warn_similar:
         info["similar_labels"] = [list(p) for p in similar_labels(classes)]
     return info
+
+
+def _first_files(bad: pd.DataFrame) -> dict[str, list[str]]:
+    by_reason = bad.sort_values("rel_path").groupby("reason")["rel_path"]
+    return {str(r): paths.head(FIRST_FILES).tolist() for r, paths in by_reason}
 
 
 def _conflict_groups(sources: pd.DataFrame) -> list[dict]:

@@ -72,8 +72,8 @@ def write_leaderboard(df: pd.DataFrame, csv_path, md_path) -> None:
 
 
 def headline(df: pd.DataFrame, rank_by: str) -> dict:
-    """Summary for metrics.json: the best combo, its params and val/test figures, n combos, and a
-    few figures of every combo (validation `rank_by`, test balanced accuracy and AUC, patient accuracy)."""
+    """Summary for metrics.json: the best combo, its params and val/test figures, n combos, the
+    ranking (every combo id, best first), and a few figures of every combo (validation `rank_by`, test balanced accuracy and AUC, patient accuracy)."""
     best = df.iloc[0]
     figures = {
         split: {c.removeprefix(f"{split}_"): best[c] for c in df.columns if c.startswith(f"{split}_")}
@@ -83,6 +83,7 @@ def headline(df: pd.DataFrame, rank_by: str) -> dict:
         "rank_by": rank_by,
         "n_combos": int(len(df)),
         "best": str(best["combo"]),
+        "ranking": [str(c) for c in df["combo"]],  # leaderboard order: what best_of reads
         "params": {k: best[k] for k in PARAMS if pd.notna(best[k])},
         **figures,
     }
@@ -91,3 +92,18 @@ def headline(df: pd.DataFrame, rank_by: str) -> dict:
     columns = [f"val_{rank_by}", *(c for c in PER_COMBO if c in df and c != f"val_{rank_by}")]
     out["combos"] = {row["combo"]: {c: row[c] for c in columns} for _, row in df.iterrows()}
     return json_safe(out)
+
+
+def best_of(metrics: dict, candidates, source: str = "metrics.json") -> str:
+    """The highest-ranked of `candidates` in a headline (metrics.json): the one answer to "which
+    model is best" for explain, predict and the report. Its `combos` map is keyed alphabetically
+    (DVC sorts it), so only `ranking` holds the order."""
+    if "ranking" not in metrics:
+        raise ValueError(f"{source} has no ranking (written by an older hemaflow): rerun the leaderboard "
+                         "(snakemake --cores all evaluation)")  # fmt: skip
+    allowed = set(candidates)
+    for combo in metrics["ranking"]:
+        if combo in allowed:
+            return combo
+    raise ValueError(f"none of the ranked combinations in {source} ({', '.join(metrics['ranking'])}) is one of "
+                     f"{sorted(allowed) or 'none'}: an image-only CNN is needed (the SVM baseline and fused models take no lone image)")

@@ -18,15 +18,23 @@ FILE = "preprocess.json"
 PREPROCESS_KEYS = ("background", "size", "crop_to_content", "pad_square", "filter")
 
 
-def record(path, *, preprocess: Mapping, channels: int, classes: list[str]) -> dict:
+def record(path, *, preprocess: Mapping, channels: int, classes: list[str], class_descriptions: Mapping | None = None,
+           patient_regex: str | None = None) -> dict:
     """Write `path` (a model directory's preprocess.json): the preprocess section, channels and
-    class names in label_index order. Not the positive class: that is evaluation's (it comes with
-    the validation threshold in metrics.json), so changing it retrains nothing."""
+    class names in label_index order; when set, data.class_descriptions (words for the report)
+    and data.patient_regex (what predict finds patients with by default). Not the positive
+    class: that is evaluation's (it comes with the validation threshold in metrics.json), so
+    changing it retrains nothing."""
     info = {
         "preprocess": {k: preprocess[k] for k in PREPROCESS_KEYS},
         "channels": int(channels),
         "classes": list(classes),
     }
+    # Only when set, so that a model trained without them keeps the record it had.
+    if class_descriptions:
+        info["class_descriptions"] = {c: str(class_descriptions[c]) for c in classes if c in class_descriptions}
+    if patient_regex:
+        info["patient_regex"] = patient_regex
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(info, indent=2) + "\n")

@@ -240,9 +240,20 @@ def matek_cnn(input_shape, n_classes, dropout):
 # ------------------------------------------------------------------ keras.applications backbones
 
 
+def freeze_batchnorm(model: keras.Model) -> int:
+    """Keep every BatchNormalization layer of `model` (nested ones too) in inference mode while
+    the rest fine-tunes; returns how many. Keras runs a BatchNormalization layer whose trainable
+    is False in inference mode: its moving statistics stay those of the pretrained weights, which
+    small fine-tuning batches would otherwise overwrite (Keras' transfer-learning guide)."""
+    norms = [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, layers.BatchNormalization)]
+    for layer in norms:
+        layer.trainable = False
+    return len(norms)
+
+
 def _backbone(name: str, application, to_expected, min_side: int = 32, **options) -> None:
     """Register backbone `name`: keras.applications `application` without its top, then global
-    average pooling, dropout and the zoo's head, in one flat model (Grad-CAM finds its last conv).
+    average pooling, dropout and the zoo's head, in one flat model (Grad-CAM reads the map global pooling takes).
 
     The pipeline feeds float images in [0, 1] with 3 channels (RGB) or 4 (background `alpha`).
     Four channels are composited onto black (RGB x alpha), so the backbone sees RGB as ImageNet

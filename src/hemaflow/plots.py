@@ -32,6 +32,15 @@ def _figure(out_png: str | os.PathLike, **kwargs):
         plt.close(fig)
 
 
+def message(out_png, title: str, text: str) -> Figure:
+    """A figure that is a sentence: why there is nothing to draw (a workflow output still exists)."""
+    with _figure(out_png, figsize=(6.5, 2.5)) as (fig, ax):
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, textwrap.fill(text, 60), ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title)
+    return fig
+
+
 def training_curves(history: pd.DataFrame, best_epoch: int | None, out_png) -> Figure:
     """Loss (log axis) and accuracy, train and val, vs epoch; the best epoch dashed (seed 000),
     unless there is none (no finite validation loss)."""
@@ -91,11 +100,7 @@ def patient_diagnosis(patients: pd.DataFrame, threshold: float | None, out_png, 
     splits = list(dict.fromkeys(patients["split"]))
     title = "patient-level diagnosis" + (f"\n{textwrap.fill(note, 70)}" if note else "")
     if patients.empty:
-        with _figure(out_png, figsize=(6.5, 2.5)) as (fig, ax):
-            ax.set_axis_off()
-            ax.text(0.5, 0.5, textwrap.fill(note or "no patients", 60), ha="center", va="center", transform=ax.transAxes)
-            ax.set_title("patient-level diagnosis")
-        return fig
+        return message(out_png, "patient-level diagnosis", note or "no patients")
     with _figure(out_png, figsize=(max(6.5, 1.5 + 1.8 * len(splits)), 4.5 + (0.5 if note else 0))) as (fig, ax):
         for label, marker, colour in ((0, "o", "tab:blue"), (1, "^", "tab:red")):
             sub = patients[patients["label"] == label]
@@ -138,20 +143,34 @@ def explanation_panel(cell, gradcam, lime, title: str, out_png) -> None:
 
 
 def sufficiency_curves(table: pd.DataFrame, out_png) -> None:
-    """Accuracy vs superpixels kept, LIME's top n against n random ones and the full image, per class."""
+    """Per class (columns), against the superpixels kept: accuracy, agreement with the full
+    image's prediction, and seed 003's precision with its bar (2/3 of the full image's); LIME's
+    top n against as much area at random, the full image and the everything-hidden floor."""
     groups = list(dict.fromkeys(table["class"]))
     styles = {"lime": dict(marker="o"), "random": dict(marker="s", linestyle="--"),
               "full image": dict(color="grey", linestyle=":")}
-    with _figure(out_png, ncols=len(groups), figsize=(1.0 + 3.4 * len(groups), 3.8), squeeze=False) as (fig, axes):
-        for ax, group in zip(axes[0], groups):
-            sub = table[table["class"] == group]
-            for method, style in styles.items():
-                line = sub[sub["method"] == method].sort_values("n")
-                ax.plot(line["n"], line["accuracy"], label=method if method != "lime" else "LIME top n", **style)
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(sorted(set(sub["n"])), [str(n) for n in sorted(set(sub["n"]))])
-            ax.minorticks_off()
-            ax.set(xlabel="superpixels kept (n)", ylim=(-0.03, 1.03),
-                   title=f"{group} ({int(sub['images'].iloc[0]) if len(sub) else 0} cells)")
-        axes[0][0].set_ylabel("accuracy")
-        axes[0][0].legend(loc="lower right", fontsize="small")
+    measures = {"accuracy": "accuracy", "kept_prediction": "same class as full image", "precision": "precision"}
+    with _figure(out_png, nrows=len(measures), ncols=len(groups), figsize=(1.0 + 3.4 * len(groups), 9.5),
+                 squeeze=False) as (fig, axes):  # fmt: skip
+        for row, (measure, label) in zip(axes, measures.items()):
+            for ax, group in zip(row, groups):
+                sub = table[table["class"] == group]
+                for method, style in styles.items():
+                    line = sub[sub["method"] == method].sort_values("n")
+                    ax.plot(line["n"], line[measure], label=method if method != "lime" else "LIME top n", **style)
+                floor = sub.loc[sub["method"] == "nothing kept", measure]
+                if len(floor):
+                    ax.axhline(floor.iloc[0], color="black", linewidth=0.8, label="nothing kept (floor)")
+                if measure == "precision":
+                    full = sub.loc[sub["method"] == "full image", measure]
+                    if len(full):
+                        ax.axhline(2 / 3 * full.iloc[0], color="tab:red", linestyle="-.", linewidth=0.8,
+                                   label="2/3 of full image (seed 003)")  # fmt: skip
+                ns = sorted(set(sub.loc[sub["method"] != "nothing kept", "n"]))
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(ns, [str(n) for n in ns])
+                ax.minorticks_off()
+                ax.set(xlabel="superpixels kept (n)", ylim=(-0.03, 1.03),
+                       title=f"{group} ({int(sub['images'].iloc[0]) if len(sub) else 0} cells)")
+            row[0].set_ylabel(label)
+            row[0].legend(loc="lower right", fontsize="x-small")

@@ -15,8 +15,12 @@ evaluate chose on the validation patients (results/evaluation/{combo}/metrics.js
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
+import shutil
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +30,16 @@ import pandas as pd
 from tqdm import tqdm
 
 from hemaflow import model_params
+from hemaflow.adapters import walk_tree
 from hemaflow.evaluate import json_safe
 from hemaflow.grid import is_fused
+from hemaflow.leaderboard import best_of
 from hemaflow.explain import class_scores
-from hemaflow.images import REASONS, ImageRejected, load_rgb
+from hemaflow.images import IMAGE_EXTENSIONS, MIN_SIDE, REASONS, SKIP_REASONS, ImageRejected, implausible, load_rgb
 from hemaflow.preprocess import render_all, variants
 
-# What a folder is searched for (other files are listed as skipped; named files are always tried).
-IMAGE_SUFFIXES = frozenset({".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff"})
+# A folder's files ending in images.IMAGE_EXTENSIONS are decoded (a GIF is quarantined as
+# unsupported_format); every other file gets a skipped row. Named files are always decoded.
 # C-NMC cell names, UID_<patient>_<image>_<cell>_<label>.bmp (adapters.CNMC_NAME, which also
 # upper-cases the patient: h3 and H3 are one patient).
 CNMC_PATIENT_REGEX = r"^UID_(?P<patient>[Hh]?\d+)_"
@@ -42,6 +48,9 @@ CNMC_PATIENT_REGEX = r"^UID_(?P<patient>[Hh]?\d+)_"
 CNMC_CELL_SHEET = "{folder}_labels.csv"
 PATIENT_FIELDS = ("patient_id", "name", "age", "sex", "sample_date")
 UNASSIGNED = "unassigned"  # cells whose patient id could not be found
+# Cells without a patient id may come from several patients: they get counts, never a pooled
+# positive fraction, decision or report page.
+NO_PATIENT = "no decision: no patient id (give --cells or --patient-regex)"
 
 
 @dataclass
@@ -104,13 +113,18 @@ def _best_cnn(project: Path) -> Path:
     metrics_path = project / "results/reports/metrics.json"
     if not metrics_path.is_file():
         raise FileNotFoundError(f"--model best: {metrics_path} does not exist; run the pipeline first (snakemake --cores all)")
-    ranked = list(json.loads(metrics_path.read_text()).get("combos", {}))  # in leaderboard order
-    for combo in ranked:
+    metrics = json.loads(metrics_path.read_text())
+
+    def image_only(combo):
         path = project / "results/models" / combo / "model.keras"
         info = path.parent / "train.json"
-        if path.is_file() and not (info.is_file() and is_fused(json.loads(info.read_text()))):
-            return path
-    raise FileNotFoundError(f"--model best: none of the combinations in {metrics_path} has an image-only model.keras ({ranked})")
+        return path.is_file() and not (info.is_file() and is_fused(json.loads(info.read_text())))
+
+    try:
+        best = best_of(metrics, [c for c in metrics.get("ranking", []) if image_only(c)], str(metrics_path))
+    except ValueError as e:
+        raise FileNotFoundError(f"--model best: {e}") from None
+    return project / "results/models" / best / "model.keras"
 
 
 def load_model(spec: str, project: str | Path = ".") -> Model:
@@ -122,6 +136,11 @@ def load_model(spec: str, project: str | Path = ".") -> Model:
     params = model_params.load(model_dir)
     train_json = model_dir / "train.json"
     train_info = json.loads(train_json.read_text()) if train_json.is_file() else {}
+    # Keras reports any file that is not a zip as "File not found", which sends one looking for a
+    # missing file; a .keras model is a zip archive.
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"--model {spec}: {path} is not a Keras archive (a .keras model is a zip file); "
+                         "retrain it (snakemake --forcerun train) or point --model at another model")
     keras_model = fusion.load_model(path)
     if fusion.is_fused(keras_model):
         raise ValueError(
@@ -152,17 +171,24 @@ def _threshold(metrics_path: Path) -> dict | None:
 # ---------------------------------------------------------------- inputs
 
 
-def list_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
-    """(files to predict, files skipped): folders searched recursively for image suffixes,
-    named files always kept (a missing or bad one is quarantined, not dropped)."""
-    files, skipped = [], []
+def list_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(files to decode, [(file, reason)] not decoded): folders are walked as ingest walks a data
+    root (adapters.walk_tree), so every file under them is accounted for; named files are always
+    decoded. A reason is a key of images.REASONS (quarantined: a name that is not UTF-8, a
+    symlink loop) or of images.SKIP_REASONS (skipped: hidden, a FIFO or device, not an image)."""
+    files, listed = [], []
     for p in map(Path, paths):
-        if p.is_dir():
-            for f in sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")):
-                (files if f.suffix.lower() in IMAGE_SUFFIXES else skipped).append(f)
-        else:
+        if not p.is_dir():
             files.append(p)
-    return files, skipped
+            continue
+        for rel, reason in walk_tree(p)[0]:  # rel shows an undecodable name as \x escapes
+            if reason is None and not rel.lower().endswith(IMAGE_EXTENSIONS):
+                reason = "not_an_image_extension"
+            if reason is None:
+                files.append(p / rel)
+            else:
+                listed.append((p / rel, reason))
+    return files, listed
 
 
 def model_input(rgb: np.ndarray, params: dict) -> np.ndarray:
@@ -185,12 +211,13 @@ def predict_files(
     *,
     batch_size: int = 64,
     max_pixels: int = 40_000_000,
+    min_side: int = MIN_SIDE,
     keep_inputs: bool = False,
     progress: bool = True,
     say: Callable[[str], None] = tqdm.write,
 ) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
-    """One row per file: file, status, reason, p_<class>, predicted_label; bad files are
-    quarantined (one line each through `say`) and never stop the others.
+    """One row per file: file, status, reason, p_<class>, predicted_label; bad or implausible
+    files (`implausible`) are quarantined (one line each through `say`) and never stop the others.
 
     Returns the table and, with keep_inputs, {row: model input} for the report; `progress`
     shows a tqdm bar.
@@ -209,10 +236,15 @@ def predict_files(
     for i, f in enumerate(tqdm(files, desc="predict", unit="image", disable=not progress)):
         row = {"file": str(f), "status": "ok", "reason": None, "detail": None}
         try:
-            x = model_input(load_rgb(f, max_pixels)[0], model.params)
-        except ImageRejected as e:
-            row.update(status="quarantined", reason=e.reason, detail=e.detail or REASONS[e.reason])
-            say(f"quarantined {f}: {e.reason} ({row['detail']})")
+            rgb = load_rgb(f, max_pixels)[0]
+            bad = implausible(rgb, min_side)
+            if bad:
+                raise ImageRejected(bad, f"{rgb.shape[1]}x{rgb.shape[0]} px; {REASONS[bad]}")
+            x = model_input(rgb, model.params)
+        except (ImageRejected, OSError) as e:  # OSError: no permission, or an I/O error while reading
+            reason, detail = (e.reason, e.detail) if isinstance(e, ImageRejected) else ("unreadable", str(e))
+            row.update(status="quarantined", reason=reason, detail=detail or REASONS[reason])
+            say(f"quarantined {f}: {reason} ({row['detail']})")
         else:
             batch.append((i, x))
             if keep_inputs:
@@ -234,14 +266,29 @@ def predict_files(
 # ---------------------------------------------------------------- patients
 
 
-def cell_patients(files: Sequence[Path], *, regex: str | None = None, cells: str | Path | None = None) -> list[str | None]:
+def patient_pattern(regex: str | None) -> re.Pattern:
+    """--patient-regex compiled (default the C-NMC name pattern); it must have a group `patient`."""
+    try:
+        pattern = re.compile(regex or CNMC_PATIENT_REGEX)
+    except re.error as e:
+        raise ValueError(f"--patient-regex {regex!r} does not compile: {e}; fix the expression, e.g. ^(?P<patient>[^_]+)_") from None
+    if "patient" not in pattern.groupindex:
+        raise ValueError(f"--patient-regex {pattern.pattern!r} needs a named group, e.g. (?P<patient>[^_]+)")
+    return pattern
+
+
+def cell_patients(
+    files: Sequence[Path], *, regex: str | None = None, cells: str | Path | None = None, roots: Sequence[str | Path] = ()
+) -> list[str | None]:
     """The patient id of each file: from a cell sheet (columns file,patient_id; or a C-NMC
     labels CSV, new_names,Patient_ID), else from `regex` (named group `patient`, searched in
     the file name; default the C-NMC name pattern). A C-NMC holdout folder's labels CSV beside
-    it is used without being named."""
-    pattern = re.compile(regex or CNMC_PATIENT_REGEX)
-    if "patient" not in pattern.groupindex:
-        raise ValueError(f"--patient-regex {pattern.pattern!r} needs a named group, e.g. (?P<patient>[^_]+)")
+    it is used without being named.
+
+    A --cells row names its file by absolute path, by path relative to one of the input
+    folders `roots` (or as given on the command line), or by a bare base name when exactly one
+    file has it: the same name in two folders is an error, never a guess."""
+    pattern = patient_pattern(regex)
 
     def from_name(name: str) -> str | None:
         m = pattern.search(name)
@@ -249,56 +296,138 @@ def cell_patients(files: Sequence[Path], *, regex: str | None = None, cells: str
             return None
         return m["patient"].upper() if regex is None else m["patient"]
 
-    sheets: dict[Path, dict[str, str | None]] = {}
+    if cells:
+        listed = _match_cell_sheet(Path(cells), _read_cell_sheet(Path(cells), from_name), files, roots)
+        return [listed.get(i) or from_name(f.name) for i, f in enumerate(files)]
 
-    def sheet_for(f: Path) -> dict[str, str | None]:
-        path = Path(cells) if cells else f.parent.with_name(CNMC_CELL_SHEET.format(folder=f.parent.name))
-        if path not in sheets:
-            sheets[path] = _read_cell_sheet(path, from_name) if (cells or path.is_file()) else {}
-        return sheets[path]
+    beside: dict[Path, dict[str, str | None]] = {}
+
+    def sheet_for(f: Path) -> dict[str, str | None]:  # its cells are the files of that one folder
+        path = _sheet_beside(f.parent)
+        if path not in beside:
+            beside[path] = {Path(v).name: p for _, v, p in _read_cell_sheet(path, from_name)} if path.is_file() else {}
+        return beside[path]
 
     return [sheet_for(f).get(f.name) or from_name(f.name) for f in files]
 
 
-def _read_cell_sheet(path: Path, from_name: Callable[[str], str | None]) -> dict[str, str | None]:
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+def _sheet_beside(folder: Path) -> Path:
+    """<folder>_labels.csv next to `folder` (absolute first: `.` has no name to build it from)."""
+    folder = folder.absolute()
+    return folder.with_name(CNMC_CELL_SHEET.format(folder=folder.name)) if folder.name else folder / CNMC_CELL_SHEET.format(folder="")
+
+
+def _read_cell_sheet(path: Path, from_name: Callable[[str], str | None]) -> list[tuple[int, str, str | None]]:
+    """[(CSV line, file as written, patient id or None)]; a file listed twice is an error."""
+    table = _read_csv(path, "--cells")
     if {"file", "patient_id"} <= set(table.columns):
-        return {Path(f).name: (p or None) for f, p in zip(table["file"], table["patient_id"])}
-    if {"new_names", "Patient_ID"} <= set(table.columns):  # C-NMC: Patient_ID is the original UID_ name
-        return {n: from_name(p) for n, p in zip(table["new_names"], table["Patient_ID"])}
-    raise ValueError(f"{path}: a cell sheet needs columns file,patient_id (or C-NMC's new_names,Patient_ID); it has {list(table.columns)}")
+        rows = [(f, p or None) for f, p in zip(table["file"], table["patient_id"])]
+    elif {"new_names", "Patient_ID"} <= set(table.columns):  # C-NMC: Patient_ID is the original UID_ name
+        rows = [(n, from_name(p)) for n, p in zip(table["new_names"], table["Patient_ID"])]
+    else:
+        raise ValueError(f"--cells {path}: a cell sheet needs columns file,patient_id (or C-NMC's "
+                         f"new_names,Patient_ID); its header line 1 has {list(table.columns)}")
+    lines: dict[str, int] = {}
+    out = []
+    for line, (f, p) in enumerate(rows, start=2):  # line 1 is the header
+        if not f:
+            raise ValueError(f"--cells {path} line {line}: empty file name; fill it in or delete the row")
+        if f in lines:
+            raise ValueError(f"--cells {path} lines {lines[f]} and {line}: {f!r} is listed twice; keep one row per file")
+        lines[f] = line
+        out.append((line, f, p))
+    return out
+
+
+def _match_cell_sheet(path: Path, rows, files: Sequence[Path], roots: Sequence[str | Path]) -> dict[int, str | None]:
+    """{index into files: patient id} for the sheet rows (see cell_patients)."""
+    exact: dict[str, list[int]] = {}
+    by_name: dict[str, list[int]] = {}
+    for i, f in enumerate(map(Path, files)):
+        keys = {os.path.abspath(f), f.as_posix()} | {f.relative_to(r).as_posix() for r in map(Path, roots) if f.is_relative_to(r)}
+        for key in keys:
+            exact.setdefault(key, []).append(i)
+        by_name.setdefault(f.name, []).append(i)
+    out: dict[int, str | None] = {}
+    for line, value, patient in rows:
+        key = os.path.abspath(value) if os.path.isabs(value) else Path(value).as_posix()
+        hits = exact.get(key) or ([] if "/" in key else by_name.get(key, []))
+        if len(hits) > 1:
+            raise ValueError(f"--cells {path} line {line}: {value!r} is the base name of {len(hits)} files "
+                             f"({', '.join(str(files[i]) for i in hits)}); write the path relative to the input folder instead")
+        for i in hits:
+            out[i] = patient
+    return out
+
+
+def _read_csv(path: str | Path, option: str, **kwargs) -> pd.DataFrame:
+    """A sheet as strings; a missing, binary, non-UTF-8 or malformed file is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{option} {path}: no such file" + (" (it is a folder)" if path.is_dir() else "")
+                                + "; give the path of a CSV file")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"{option} {path}: cannot be read ({e.strerror}); check its permissions") from None
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM (Excel's "CSV UTF-8") is fine
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(f"{option} {path} line {line}: not UTF-8 text (byte {raw[e.start]:#04x}); "
+                         "save the sheet as CSV UTF-8") from None
+    if "\0" in text:
+        raise ValueError(f"{option} {path}: a binary file, not a CSV (a spreadsheet? export it as CSV UTF-8)")
+    if not text.strip():
+        raise ValueError(f"{option} {path}: empty file; a CSV with a header line is expected")
+    try:
+        return pd.read_csv(io.StringIO(text), **{"dtype": str, "keep_default_na": False, **kwargs})
+    except (pd.errors.ParserError, ValueError) as e:
+        raise ValueError(f"{option} {path}: not a readable CSV ({e}); check its commas and quotes") from None
 
 
 def read_patient_sheet(path: str | Path) -> pd.DataFrame:
     """patient_id, name, age, sex, sample_date and any further (e.g. CBC) columns; one row per patient."""
-    sheet = pd.read_csv(path, dtype={"patient_id": str}, keep_default_na=False, na_values=[""])
+    sheet = _read_csv(path, "--patients", dtype={"patient_id": str}, na_values=[""])
     missing = [c for c in PATIENT_FIELDS if c not in sheet.columns]
     if missing:
-        raise ValueError(f"--patients {path}: missing column(s) {missing}; expected {list(PATIENT_FIELDS)} plus optional CBC columns")
-    dup = sheet["patient_id"][sheet["patient_id"].duplicated()]
-    if len(dup):
-        raise ValueError(f"--patients {path}: patient_id listed more than once: {sorted(set(dup))[:10]}")
+        raise ValueError(f"--patients {path}: header line 1 lacks column(s) {missing}; expected "
+                         f"{list(PATIENT_FIELDS)} plus optional CBC columns")
+    first: dict[str, int] = {}
+    for line, pid in enumerate(sheet["patient_id"], start=2):  # line 1 is the header
+        if pd.isna(pid):
+            raise ValueError(f"--patients {path} line {line}: empty patient_id; fill it in or delete the row")
+        if pid in first:
+            raise ValueError(f"--patients {path} lines {first[pid]} and {line}: patient_id {pid!r} listed twice; "
+                             "keep one row per patient")
+        first[pid] = line
     return sheet.set_index("patient_id", drop=False)
 
 
 def patient_summary(table: pd.DataFrame, model: Model) -> pd.DataFrame:
-    """Per patient: n_cells, n_quarantined, per-class counts; binary models with a validation
-    threshold add n_positive, frac_positive, threshold and decision."""
+    """Per patient: n_cells, n_quarantined, per-class counts; binary models add n_positive and
+    frac_positive, and with a validation threshold, threshold and decision ("positive for
+    <class>" / "negative for <class>"). Skipped files (not images) are not cells; the
+    UNASSIGNED row gets counts only (NO_PATIENT)."""
+    table = table[table["status"] != "skipped"]
     ok = table[table["status"] == "ok"]
     groups = table.groupby("patient_id", sort=True)
-    out = pd.DataFrame({"n_cells": ok.groupby("patient_id").size(), "n_quarantined": groups["status"].apply(lambda s: int((s != "ok").sum()))})
+    out = pd.DataFrame({"n_cells": ok.groupby("patient_id").size(),
+                        "n_quarantined": groups["status"].apply(lambda s: int((s == "quarantined").sum()))})
     out["n_cells"] = out["n_cells"].fillna(0).astype(int)
     for name in model.classes:
         out[f"n_{name}"] = ok[ok["predicted_label"] == name].groupby("patient_id").size().reindex(out.index).fillna(0).astype(int)
     if model.binary:
         positive = model.positive
         out["n_positive"] = out[f"n_{positive}"]
-        out["frac_positive"] = out["n_positive"] / out["n_cells"].where(out["n_cells"] > 0)
+        assigned = out.index != UNASSIGNED
+        out["frac_positive"] = out["n_positive"] / out["n_cells"].where((out["n_cells"] > 0) & assigned)
         if model.threshold is not None:
             t = model.threshold["threshold"]
             out["threshold"] = t
-            out["decision"] = np.where(out["frac_positive"].isna(), "no usable cells",
-                                       np.where(out["frac_positive"] >= t, positive, f"not {positive}"))
+            out["decision"] = np.where(~assigned, NO_PATIENT, np.where(
+                out["frac_positive"].isna(), "no usable cells",
+                np.where(out["frac_positive"] >= t, f"positive for {positive}", f"negative for {positive}")))
     return out.reset_index()
 
 
@@ -311,11 +440,73 @@ def threshold_note(model: Model) -> str:
         return (f"no patient-level decision: no validation threshold found for {model.combo} "
                 "(results/evaluation/<combo>/metrics.json, section patient); positive-cell fractions only")
     t = model.threshold
-    return (f"patient is called {positive!r} when its fraction of {positive!r} cells is >= {t['threshold']:.4g}, "
-            f"the threshold chosen on the {t['chosen_on']} patients by evaluate ({t['source']})")
+    return (f"a patient is positive for {positive!r} when its fraction of {positive!r} cells is >= {t['threshold']:.4g}, "
+            f"else negative for {positive!r}; the threshold was chosen on the {t['chosen_on']} patients by evaluate "
+            f"({t['source']}); cells without a patient id get no decision")
 
 
 # ---------------------------------------------------------------- the command
+
+
+def check_options(
+    inputs: Sequence[str | Path],
+    *,
+    out_dir: str | Path,
+    patients: str | Path | None = None,
+    patient_regex: str | None = None,
+    cells: str | Path | None = None,
+    batch_size: int = 64,
+    max_pixels: int = 40_000_000,
+    min_side: int = MIN_SIDE,
+) -> None:
+    """Raise ValueError / FileNotFoundError for the first bad option, naming the option, the file
+    (and line) and the fix, before any model is loaded or image decoded."""
+    for option, value in (("--batch-size", batch_size), ("--max-pixels", max_pixels), ("--min-side", min_side)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{option} must be a whole number of at least 1 (got {value!r})")
+    if not inputs:
+        raise ValueError("no input: name at least one folder or image file")
+    missing = [str(p) for p in inputs if not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"input(s) not found: {', '.join(missing)}; check the path (a folder or an image file)")
+    closed = [str(p) for p in inputs if os.path.isdir(p) and not os.access(p, os.R_OK | os.X_OK)]
+    if closed:
+        raise ValueError(f"input folder(s) cannot be listed: {', '.join(closed)}; check their permissions")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: an existing file, not a folder; give a folder path (it is created if needed)")
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    if not parent.is_dir():
+        raise ValueError(f"--out {out}: cannot be created, {parent} is a file; give another folder path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {parent} is not writable; give a folder you can write to")
+    patient_pattern(patient_regex)
+    if patients:
+        read_patient_sheet(patients)
+    # else a C-NMC holdout folder's labels CSV beside it, if any
+    sheets = [Path(cells)] if cells else [s for p in inputs if os.path.isdir(p) and (s := _sheet_beside(Path(p))).is_file()]
+    for sheet in sheets:
+        _read_cell_sheet(sheet, lambda _: None)
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """write(tmp) to a file beside `path`, then rename it to `path`: a full disk or a crash
+    leaves the previous file or none, never a truncated one under the final name."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: os.replace is a rename
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    """Put the folder `new` at `final`, the old one (if any) renamed away first and then deleted."""
+    old = final.with_name(f".{final.name}.{os.getpid()}.old")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def run(
@@ -330,20 +521,36 @@ def run(
     improve: bool = False,
     batch_size: int = 64,
     max_pixels: int = 40_000_000,
+    min_side: int = MIN_SIDE,
     reports: bool = True,
     say: Callable[[str], None] = tqdm.write,
 ) -> dict:
     """Predict every input, write predictions.{parquet,csv}, patients.csv, summary.json and
-    reports/<patient>.html to `out_dir`; return the summary."""
+    reports/<patient>.html to `out_dir`; return the summary. Every file under an input folder
+    gets a row (status ok, quarantined or skipped, with the reason)."""
+    check_options(inputs, out_dir=out_dir, patients=patients, patient_regex=patient_regex, cells=cells,
+                  batch_size=batch_size, max_pixels=max_pixels, min_side=min_side)
     loaded = load_model(model, project)
-    files, skipped = list_inputs(inputs)
+    if patient_regex is None and loaded.params.get("patient_regex"):
+        patient_regex = loaded.params["patient_regex"]  # what the model's patients were found with (data.patient_regex)
+        patient_pattern(patient_regex)
+        say(f"patient ids from file names by the model's recorded data.patient_regex {patient_regex!r}")
+    files, listed = list_inputs(inputs)
     if not files:
-        raise FileNotFoundError(f"no images found in {', '.join(map(str, inputs))} (looked for {sorted(IMAGE_SUFFIXES)})")
-    if skipped:
-        say(f"skipped {len(skipped)} file(s) without an image suffix, e.g. {skipped[0]}")
+        raise FileNotFoundError(f"no images found in {', '.join(map(str, inputs))} (looked for {list(IMAGE_EXTENSIONS)})")
     say(f"model {loaded.combo} ({loaded.path}), params hash {loaded.params_hash}; {len(files)} image(s)")
-    table, model_inputs = predict_files(loaded, files, batch_size=batch_size, max_pixels=max_pixels, keep_inputs=reports, say=say)
-    table.insert(1, "patient_id", [p or UNASSIGNED for p in cell_patients(files, regex=patient_regex, cells=cells)])
+    table, model_inputs = predict_files(loaded, files, batch_size=batch_size, max_pixels=max_pixels, min_side=min_side,
+                                        keep_inputs=reports, say=say)
+    if listed:
+        # after the decoded rows, so that model_inputs' row numbers still hold
+        reasons = [r for _, r in listed]
+        table = pd.concat([table, pd.DataFrame({
+            "file": [str(f) for f, _ in listed], "status": ["quarantined" if r in REASONS else "skipped" for r in reasons],
+            "reason": reasons, "detail": [REASONS.get(r) or SKIP_REASONS[r] for r in reasons]})], ignore_index=True)
+        say(f"not decoded: {pd.Series(reasons).value_counts().to_dict()} (one row each in predictions.csv)")
+    roots = [Path(p) for p in inputs if Path(p).is_dir()]
+    paths = [*files, *(f for f, _ in listed)]
+    table.insert(1, "patient_id", [p or UNASSIGNED for p in cell_patients(paths, regex=patient_regex, cells=cells, roots=roots)])
     sheet = read_patient_sheet(patients) if patients else None
     if sheet is not None:
         unknown = sorted(set(table["patient_id"]) - set(sheet.index) - {UNASSIGNED})
@@ -351,12 +558,15 @@ def run(
             say(f"{len(unknown)} patient id(s) not in {patients}: {unknown[:10]} (reported without patient fields)")
     per_patient = patient_summary(table, loaded)
     note = threshold_note(loaded)
+    assigned = per_patient["patient_id"] != UNASSIGNED
+    unassigned = per_patient[~assigned].to_dict("records")
+    if unassigned:
+        say(f"{unassigned[0]['n_cells']} usable cell(s) without a patient id: {NO_PATIENT}, no report page")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out / "predictions.parquet", index=False)
-    table.to_csv(out / "predictions.csv", index=False)
-    per_patient.to_csv(out / "patients.csv", index=False)
+    write_atomic(out / "predictions.parquet", lambda p: table.to_parquet(p, index=False))
+    write_atomic(out / "predictions.csv", lambda p: table.to_csv(p, index=False))
     summary = {
         "model": loaded.combo,
         "model_path": str(loaded.path),
@@ -369,15 +579,28 @@ def run(
         "images": int(len(table)),
         "status": {str(k): int(v) for k, v in table["status"].value_counts().sort_index().items()},
         "reasons": {str(k): int(v) for k, v in table["reason"].dropna().value_counts().sort_index().items()},
-        "patients": int(len(per_patient)),
+        "patients": int(assigned.sum()),
     }
+    if unassigned:
+        summary["unassigned"] = {"cells": int(unassigned[0]["n_cells"]), "quarantined": int(unassigned[0]["n_quarantined"]),
+                                 "decision": NO_PATIENT}
     if reports:
         from hemaflow.report import write_patient_reports
 
-        summary["reports"] = write_patient_reports(
-            table, per_patient, model_inputs, loaded, out / "reports", sheet=sheet, note=note, improve=improve
-        )
-    (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
+        # the pages go to a fresh folder that becomes reports/ once every page is written
+        staging = out / f".reports.{os.getpid()}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            summary["reports"] = write_patient_reports(
+                table, per_patient[assigned], model_inputs, loaded, staging, sheet=sheet, note=note, improve=improve
+            )
+            _replace_dir(staging, out / "reports")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    # Each row names its own page (empty when it has none): ids that differ only in case or accents never share one.
+    pages = per_patient["patient_id"].map(summary.get("reports", {}))
+    write_atomic(out / "patients.csv", lambda p: per_patient.assign(report=pages).to_csv(p, index=False))
+    write_atomic(out / "summary.json", lambda p: p.write_text(json.dumps(json_safe(summary), indent=2) + "\n"))
     say(f"{summary['status']} -> {out}; {note}")
     return summary
 

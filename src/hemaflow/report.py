@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pandas as pd
 
 from hemaflow.images import ImageRejected, load_rgb
 from hemaflow.preprocess import median_sharpen
+from hemaflow.safenames import file_name, under
 from hemaflow.shards import encode_png
 
 DISCLAIMER = (
@@ -39,7 +39,9 @@ table.fields th, table.fields td { border: 1px solid #bbb; padding: 0.25em 0.7em
 .decision { font-size: 1.15em; padding: 0.6em 1em; background: #f3f3f8; border-left: 5px solid #446; }
 .gallery { display: flex; flex-wrap: wrap; gap: 10px; }
 figure.cell { margin: 0; border: 1px solid #ccc; padding: 6px; width: max-content; break-inside: avoid; }
-figure.cell img { display: inline-block; vertical-align: top; image-rendering: pixelated; }
+figure.cell img { display: block; image-rendering: pixelated; }
+figure.cell .view { display: inline-block; vertical-align: top; margin-right: 4px; text-align: center; }
+figure.cell .view small { display: block; font-size: 0.7em; color: #444; max-width: 160px; }
 figure.cell figcaption { font-size: 0.8em; margin-top: 4px; }
 .muted { color: #666; font-size: 0.85em; }
 @media print {
@@ -60,11 +62,6 @@ def display_image(rgb: np.ndarray, side: int = DISPLAY_SIDE) -> np.ndarray:
     scale = side / max(rgb.shape[:2])
     size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-
-
-def safe_name(patient_id: str) -> str:
-    """A file name for a patient id (letters, digits, - _ . kept)."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(patient_id)) or "_"
 
 
 def explanation_overlays(model, inputs: np.ndarray, predicted: np.ndarray) -> list[np.ndarray]:
@@ -107,10 +104,17 @@ def patient_page(
         rows.append(("patient fields", "not given (no --patients sheet, or this id is not in it)"))
     field_html = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc('' if pd.isna(v) else str(v))}</td></tr>" for k, v in rows)
 
+    described = model.params.get("class_descriptions", {})
+
+    def named(c: str) -> str:  # a class name with its words, when params.yaml gives them
+        return f"{esc(c)} ({esc(described[c])})" if c in described else esc(c)
+
+    class_rows = "".join(f"<tr><th>{esc(c)}</th><td>{esc(described.get(c, 'no description given (data.class_descriptions)'))}</td></tr>"
+                         for c in classes)  # fmt: skip
     if model.binary and "decision" in summary_row:
         frac = summary_row["frac_positive"]
         decision = (f"<b>{esc(str(summary_row['decision']))}</b>: {summary_row['n_positive']} of "
-                    f"{summary_row['n_cells']} usable cells predicted {esc(model.positive)}, fraction "
+                    f"{summary_row['n_cells']} usable cells predicted {named(model.positive)}, fraction "
                     f"{'n/a' if pd.isna(frac) else f'{frac:.3f}'} against the threshold {summary_row['threshold']:.4g}")
     else:
         counts = ", ".join(f"{esc(c)}: {summary_row[f'n_{c}']}" for c in classes)
@@ -131,13 +135,15 @@ def patient_page(
                                else "improved (the model's input has this filter too)", median_sharpen(source)))
         side = DISPLAY_SIDE // 2 if improve else DISPLAY_SIDE
         images.append(("Grad-CAM of the predicted class", cv2.resize(over, (side, side), interpolation=cv2.INTER_NEAREST)))
-        imgs = "".join(f'<img alt="{esc(t)}" title="{esc(t)}" src="{data_uri(im)}">' for t, im in images)
+        # each image says what it is on screen and on paper, not only in a tooltip
+        imgs = "".join(f'<span class="view"><img alt="{esc(t)}" title="{esc(t)}" src="{data_uri(im)}"><small>{esc(t)}</small></span>'
+                       for t, im in images)  # fmt: skip
         figures.append(
             f'<figure class="cell" data-file="{esc(Path(row["file"]).name)}">{imgs}'
             f"<figcaption><b>{esc(str(row['predicted_label']))}</b> — {probs}<br>"
             f'<span class="muted">{esc(Path(row["file"]).name)}</span></figcaption></figure>'
         )
-    quarantined = cells[cells["status"] != "ok"]
+    quarantined = cells[cells["status"] == "quarantined"]  # skipped files (not images) are not cells
     bad = "".join(f"<li>{esc(Path(r.file).name)}: {esc(str(r.reason))} ({esc(str(r.detail))})</li>" for r in quarantined.itertuples())
     improve_note = ""
     if improve:
@@ -160,6 +166,7 @@ def patient_page(
 <h2>Result</h2>
 <p class="decision" id="decision">{decision}</p>
 <p class="muted" id="rule">{esc(note)}</p>
+<table class="fields" id="classes"><tr><th>class</th><th>meaning</th></tr>{class_rows}</table>
 <h2>Provenance</h2>
 <table class="fields" id="provenance">
 <tr><th>created</th><td>{created.strftime('%Y-%m-%d %H:%M:%S %Z')}</td></tr>
@@ -171,7 +178,7 @@ def patient_page(
 <h2>Cells ({len(shown)} of {len(ok)} usable shown{', highest ' + esc(score) + ' first' if score else ', most confident first'})</h2>
 {improve_note}
 <div class="gallery" id="gallery">{''.join(figures)}</div>
-{f'<h2>Not analysed ({len(quarantined)})</h2><ul id="quarantined">{bad}</ul>' if len(quarantined) else ''}
+{f'<h2>Not analysed ({len(quarantined)}, not counted in the result)</h2><ul id="quarantined">{bad}</ul>' if len(quarantined) else ''}
 </body></html>
 """
 
@@ -197,7 +204,7 @@ def write_patient_reports(
         fields = sheet.loc[pid].to_dict() if sheet is not None and pid in sheet.index else None
         page = patient_page(pid, table[table["patient_id"] == pid], row, model_inputs, model,
                             fields=fields, note=note, improve=improve, created=created)
-        name = f"{safe_name(pid)}.html"
-        (out / name).write_text(page)
+        name = file_name(pid, ".html")  # ids differing only in case, spaces or accents get pages of their own
+        under(out / name, out).write_text(page)
         written[pid] = name
     return written

@@ -100,6 +100,7 @@ def assign_splits(
     With dataset folds (C-NMC): test = holdout, val = fold `val_fold`, train = other folds.
     Otherwise a seeded, class-stratified, group-disjoint split in `ratios` (train:val:test).
     """
+    _check_named_folders_have_images(sources)
     ok = sources[sources["status"] == "ok"].reset_index(drop=True)
     if ok.empty:
         raise ValueError("no usable source image (every file is quarantined); see results/reports/quarantine.csv")
@@ -121,6 +122,20 @@ def assign_splits(
     _check_every_class_in_every_split(ok, split, folds)
     out = pd.DataFrame({"image_id": ok["image_id"], "split": split, "group": group})
     return out.astype("str"), notes
+
+
+def _check_named_folders_have_images(sources: pd.DataFrame) -> None:
+    """ValueError naming each class folder without images that data.classes makes a class of its own
+    (merged by data.label_map into a class that has images elsewhere, it is harmless)."""
+    used = set(sources.loc[sources["status"] == "ok", "label"])
+    empty = (sources["reason"] == "empty_class_folder") & (sources["label_index"] >= 0) & ~sources["label"].isin(used)
+    named = sources.loc[empty, "rel_path"]
+    if len(named):
+        folders = ", ".join(f"{p}/" for p in sorted(named))
+        raise ValueError(
+            f"data.classes names class folder(s) without any image file under data.root: {folders}. "
+            "Add images to them, or remove them from data.classes"
+        )
 
 
 def _check_every_class_in_every_split(ok: pd.DataFrame, split: pd.Series, dataset_folds: bool) -> None:

@@ -32,7 +32,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from hemaflow import fusion
 from hemaflow.data import make_dataset
-from hemaflow.models import HEAD
+from hemaflow.models import HEAD, freeze_batchnorm
 from hemaflow.provenance import library_digest
 from hemaflow.schedules import triangular
 
@@ -131,7 +131,8 @@ def train_combo(
     `device` (what use_device chose: another device or precision gives other weights too).
     `weights` (train.weights) initialise a backbone (hemaflow.models.build_model). With
     `fine_tune` frozen_epochs > 0 the head first trains alone for that many epochs (warm_up_head),
-    then the whole network trains as usual at lr x lr_factor.
+    then the whole network trains as usual at lr x lr_factor. With pretrained `weights` every
+    BatchNorm layer stays in inference mode throughout (models.freeze_batchnorm).
     """
     if seed < 1:
         # TensorFlow takes a global seed of 0 with an op seed of 0 to mean "unseeded" and, to tell,
@@ -177,6 +178,8 @@ def train_combo(
         combo_fit = {**combo, "lr": combo["lr"] * float(fine_tune["lr_factor"])}
     else:
         combo_fit = combo
+    if weights != "none":
+        freeze_batchnorm(model)  # fine-tuning a pretrained backbone keeps its BatchNorm statistics
     model.compile(
         optimizer=_optimizer(combo_fit),
         loss=loss,
@@ -257,6 +260,27 @@ def warm_up_head(
     for layer in model.layers:
         layer.trainable = trainable[layer.name]
     return [float(x) for x in fitted.history["loss"]]
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """One concise line per epoch on `stream` (a job's console, not its log): the combination,
+    epoch of max, loss, the validation metric, and the time left at this epoch's pace."""
+
+    def __init__(self, name: str, max_epochs: int, stream, metric: str = "val_auc"):
+        super().__init__()
+        self.name, self.max_epochs, self.stream, self.metric = name, max_epochs, stream, metric
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        took = time.monotonic() - getattr(self, "_start", time.monotonic())
+        left = round(took * (self.max_epochs - epoch - 1))
+        values = " ".join(f"{k} {float(logs[k]):.4f}" for k in ("loss", "val_loss", self.metric) if k in logs)
+        eta = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+        print(f"train {self.name}: epoch {epoch + 1}/{self.max_epochs} {values} ({took:.0f} s, ETA {eta})",
+              file=self.stream, flush=True)  # fmt: skip
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):

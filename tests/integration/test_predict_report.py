@@ -38,7 +38,7 @@ def predicted(pipeline, tool_env, tmp_path_factory):
          "--patients", sheet, "--improve"], pipeline, env)
     # `best` is the best image-only CNN (a fused model also needs blood counts): the summary names it
     best = json.loads((out / "summary.json").read_text())["model"]
-    board = json.loads((pipeline / "results/reports/metrics.json").read_text())["combos"]
+    board = pd.read_csv(pipeline / "results/reports/leaderboard.csv")["combo"]  # in rank order
     assert best == next(c for c in board if (pipeline / f"results/models/{c}/model.keras").is_file() and not c.endswith("_cbc"))
     return pipeline, best, sources, out, pids
 
@@ -66,7 +66,7 @@ def test_patient_decision_uses_the_threshold_chosen_on_validation(predicted):
     assert sorted(ours.index) == sorted(theirs.index) == pids
     np.testing.assert_allclose(ours.loc[pids, "frac_positive"], theirs.loc[pids, "frac_positive"])
     assert (ours["threshold"] == metrics["threshold"]).all()
-    assert (ours.loc[pids, "decision"] == np.where(theirs.loc[pids, "predicted"] == 1, "all", "not all")).all()
+    assert (ours.loc[pids, "decision"] == np.where(theirs.loc[pids, "predicted"] == 1, "positive for all", "negative for all")).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["threshold"]["chosen_on"] == "val" and f"evaluation/{best}/metrics.json" in summary["decision_rule"]
 
@@ -74,10 +74,10 @@ def test_patient_decision_uses_the_threshold_chosen_on_validation(predicted):
 def test_each_patient_report_renders_offline_with_fields_and_gallery(chromium, predicted, tmp_path):
     _, best, _, out, pids = predicted
     table = pd.read_parquet(out / "predictions.parquet")
-    pages = sorted((out / "reports").glob("*.html"))
-    assert [p.stem for p in pages] == pids
-    for page in pages[:2]:
-        pid = page.stem
+    listed = json.loads((out / "summary.json").read_text())["reports"]  # patient id -> its page
+    assert sorted(p.name for p in (out / "reports").glob("*.html")) == sorted(listed.values()) and sorted(listed) == pids
+    for pid in pids[:2]:
+        page = out / "reports" / listed[pid]
         dom = dump_dom(page)
         for text in (f"Test Person {pid}", "2026-12-01", "11.5", best, "not a diagnosis", "threshold"):
             assert text in dom, (pid, text)

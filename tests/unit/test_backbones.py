@@ -153,10 +153,18 @@ def test_frozen_epochs_need_pretrained_weights(tmp_path):
         )  # fmt: skip
 
 
-def test_gradcam_reads_the_backbones_last_conv():
+@pytest.mark.parametrize("name", [SMALL, "resnet50v2", "efficientnetv2_b0", "convnext_tiny"])
+def test_gradcam_reads_the_backbones_map_after_its_last_norm_and_activation(name):
     from hemaflow import explain
 
-    model = build_model(SMALL, (32, 32, 4), 2)
-    assert explain.last_conv_layer(model) == "conv_1"  # MobileNetV3Small's last conv, not a stem layer
+    model = build_model(name, (32, 32, 4), 2)
+    (layer,) = explain.feature_layers(model)
+    # the map global pooling takes: not a pre-activation conv (MobileNetV3 conv_1, EfficientNetV2
+    # top_conv, ResNet50V2's last conv before its residual add and post-BN/ReLU)
+    assert not isinstance(model.get_layer(layer), (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+    gap = model.get_layer("backbone_gap")
+    assert model.get_layer(layer).output is gap.input and model.layers[model.layers.index(gap) - 1].name == layer
+    if name != SMALL:
+        return
     heat = explain.gradcam(model, tiny_data(2)[0], np.array([0, 1]))
     assert heat.shape == (2, 32, 32) and np.isfinite(heat).all()

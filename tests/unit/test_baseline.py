@@ -4,6 +4,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from skimage.draw import disk
@@ -158,3 +159,20 @@ def test_calibration_folds_keep_the_copies_of_a_cell_together():
         assert not set(groups[train]) & set(groups[held])
         assert set(y[held]) == {0, 1}  # still stratified
     assert sorted(np.concatenate([held for _, held in folds])) == list(range(len(y)))
+
+
+def test_calibration_folds_keep_each_patients_cells_together():
+    """12 patients x 5 cells (one row per image, as featurize_split gives): folds split by patient,
+    and an image without a patient id is a group of its own."""
+    n = 60
+    features = pd.DataFrame(np.random.default_rng(2).normal(size=(n, len(baseline.FEATURE_NAMES))),
+                            columns=baseline.FEATURE_NAMES)  # fmt: skip
+    features.insert(0, "label_index", (np.arange(n) // 5 % 2).astype(np.int16))
+    features.insert(0, "image_id", [f"img{i}" for i in range(n)])
+    patients = pd.Series([f"P{i // 5}" for i in range(n - 3)] + [None] * 3, index=features["image_id"])
+    folds = baseline.fit_baseline(features, seed=1, patients=patients)[-1].cv
+    for train, held in folds:
+        assert not set(patients.iloc[train].dropna()) & set(patients.iloc[held].dropna())
+    # without patients each image is its own group: the same patient's cells land on both sides
+    by_image = baseline.fit_baseline(features, seed=1)[-1].cv
+    assert any(set(patients.iloc[t].dropna()) & set(patients.iloc[h].dropna()) for t, h in by_image)

@@ -10,7 +10,15 @@ import pytest
 import yaml
 
 from hemaflow import evaluate, manifest, splits
-from hemaflow.config import ParamsError, check_data_paths, load_schema, validate_params, with_defaults
+from hemaflow.config import (
+    ParamsError,
+    check_config_file,
+    check_data_paths,
+    load_schema,
+    typed_cli_config,
+    validate_params,
+    with_defaults,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow/schemas/params.schema.yaml"
@@ -165,8 +173,9 @@ def test_missing_data_root_says_what_and_how_to_point_at_it(tmp_path):
     assert "Point data.root at the directory that holds the images" in msg
     assert f"relative to the project directory {tmp_path}" in msg
     (tmp_path / "images").write_text("a file, not a directory")
-    with pytest.raises(ParamsError, match="data.root"):
+    with pytest.raises(ParamsError, match=r"data\.root: the data directory 'images' .* is not a directory\.") as e:
         check_data_paths(_data(), tmp_path, [])
+    assert "does not exist" not in str(e.value)
     (tmp_path / "images").unlink()
     (tmp_path / "images").mkdir()
     check_data_paths(_data(), tmp_path, [])
@@ -184,6 +193,28 @@ def test_missing_index_or_filelist_is_named(tmp_path):
     assert "--config: data.filelist: the file list 'labels.csv'" in str(e.value)
     with pytest.raises(ParamsError, match="data.adapter: 'filelist' needs data.filelist"):
         check_data_paths(_data(adapter="filelist"), tmp_path, [])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", r"empty\.yaml: the config file is empty"),
+        ("- seed\n", r"empty\.yaml: the config file holds a list, not a mapping"),
+        ("seed: 1\ntrain: [1\n", r"empty\.yaml, line 3, column 1: not valid YAML"),
+    ],
+)
+def test_a_bad_config_file_is_named_with_its_line(tmp_path, text, message):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=message):
+        check_config_file(path)
+    path.write_text("seed: 1\n")
+    check_config_file(path)
+
+
+def test_nested_cli_values_get_yaml_types_and_top_level_ones_stay():
+    given = {"seed": 7.0, "name": "001", "preprocess": {"size": "64", "filter": "none", "x": ["1", "true", "null"]}}
+    assert typed_cli_config(given) == {"seed": 7.0, "name": "001", "preprocess": {"size": 64, "filter": "none", "x": [1, True, None]}}
 
 
 # Library keyword defaults that mirror a params default (conveniences for callers outside the

@@ -112,6 +112,10 @@ def test_multiclass_without_patients(tmp_path):
     assert pd.read_csv(tmp_path / "patients.csv").empty  # header only, so the workflow output exists
     assert (tmp_path / "patients.png").stat().st_size > 0
     assert set(pd.read_csv(tmp_path / "roc_val.csv")["class"]) <= {"a", "b", "c"}
+    # no train images here: the split has no metrics, but every output the rule declares exists
+    for name in ("confusion_train.png", "roc_train.png", "confusion_train.csv", "roc_train.csv"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert pd.read_csv(tmp_path / "roc_train.csv").empty
 
 
 def test_unknown_aug_id_is_reported(tmp_path):

@@ -99,11 +99,50 @@ def test_gradcam_of_a_batch_explains_each_image_with_its_own_class():
     assert batch[0][SQUARE].mean() > 0.9 and batch[1][9:15, 9:15].max() < 0.1
 
 
-def test_gradcam_uses_the_last_conv_layer_and_needs_one():
-    assert explain.last_conv_layer(square_detector()) == "detect"
+def test_gradcam_reads_the_map_before_pooling_and_needs_one():
+    assert explain.feature_layers(square_detector()) == ["detect"]
     dense_only = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
-    with pytest.raises(ValueError, match="no convolutional layer"):
-        explain.last_conv_layer(dense_only)
+    with pytest.raises(ValueError, match="no spatial map before a global pooling"):
+        explain.feature_layers(dense_only)
+
+
+def two_branch_square_detector() -> keras.Model:
+    """seed 000's model_4 shape: a full-resolution branch that sees the square and a
+    half-resolution branch (built after it, so its conv is the model's last) that sees nothing."""
+    inp = keras.Input((SIDE, SIDE, 3))
+    full = keras.layers.Conv2D(1, 1, activation="relu", name="full")(inp)
+    half = keras.layers.Conv2D(1, 1, activation="relu", name="half")(keras.layers.AveragePooling2D(2)(inp))
+    joined = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(full),
+                                         keras.layers.GlobalAveragePooling2D()(half)])  # fmt: skip
+    model = keras.Model(inp, keras.layers.Dense(1, activation="sigmoid", name="head")(joined))
+    model.get_layer("full").set_weights([np.full((1, 1, 3, 1), 1 / 3), np.array([-0.5])])
+    model.get_layer("half").set_weights([np.zeros((1, 1, 3, 1)), np.zeros(1)])
+    model.get_layer("head").set_weights([np.array([[50.0], [50.0]]), np.array([-5.0])])
+    return model
+
+
+def test_gradcam_of_a_multi_branch_model_shows_every_branch():
+    model = two_branch_square_detector()
+    assert explain.feature_layers(model) == ["full", "half"]
+    heat = explain.gradcam(model, bright_square()[None], np.array([1]))[0]
+    mask = in_square(heat)
+    assert heat[mask].mean() > 0.9 and heat[~mask].max() < 0.1  # the full-resolution branch's square
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small", "model_4"])
+def test_gradcam_under_mixed_precision_built_and_loaded(name, tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model(name, (32, 32, 3), 2, 0.25)
+        model.save(tmp_path / "model.keras")
+        loaded = keras.models.load_model(tmp_path / "model.keras")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    for m in (model, loaded):
+        assert m.get_layer(explain.feature_layers(m)[0]).compute_dtype == "float16"
+        heat = gradcam(m, x, np.array([1, 0]))
+        assert heat.shape == (2, 32, 32) and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1
 
 
 # ------------------------------------------------------------------ overlay
@@ -206,6 +245,15 @@ def test_sufficiency_keeps_the_same_images_for_every_n_and_beats_random(detector
         assert overall.loc[(method, 50), "kept"] == 1.0
         assert overall.loc[(method, 50), "accuracy"] == overall.loc[("full image", 50), "accuracy"] == 1.0
     assert overall.loc[("lime", 1), "kept"] < 1.0
+    # the floor: everything hidden, one row at n = 0 (a black image reads "dark" here)
+    assert overall.loc[("nothing kept", 0), "kept"] == overall.loc[("nothing kept", 0), "area"] == 0.0
+    assert by.loc[("nothing kept", 0, "dark"), "accuracy"] == 1.0 and by.loc[("nothing kept", 0, "bright"), "accuracy"] == 0.0
+    # random keeps at least as much area as LIME's top n, so it is not handicapped by smaller pieces
+    for n in ns:
+        assert overall.loc[("random", n), "area"] >= overall.loc[("lime", n), "area"]
+    # seed 003's precision per predicted class: with the square alone every "bright" call is right
+    assert by.loc[("lime", 1, "bright"), "precision"] == 1.0
+    assert by.loc[("full image", 1, "bright"), "kept_prediction"] == 1.0
 
 
 def test_keep_superpixels_fills_the_rest():
@@ -230,13 +278,6 @@ def test_choose_cells_samples_each_class_and_kind_reproducibly():
     pd.testing.assert_frame_equal(picked, explain.choose_cells(images, splits=["val", "test"], per_group=2, seed=1))
     assert len(explain.choose_cells(images, splits=["val"], per_group=99, seed=1, by_kind=False)) == (
         images["split"] == "val").sum()
-
-
-def test_best_explainable_skips_the_svm_baseline():
-    metrics = {"best": "svm_rbf", "rank_by": "auc",
-               "combos": {"svm_rbf": {"val_auc": 0.9}, "a": {"val_auc": 0.7}, "b": {"val_auc": 0.8}, "c": {}}}
-    assert explain.best_explainable(metrics, ["a", "b", "c"]) == "b"
-    assert explain.best_explainable({**metrics, "best": "a"}, ["a", "b"]) == "a"
 
 
 # ------------------------------------------------------------------ the pipeline step
@@ -292,9 +333,12 @@ def test_explain_model_writes_overlays_table_and_sufficiency(detector, tmp_path,
     assert any("true: dark · predicted: bright (p = " in t for t in titles)
     table = pd.read_csv(out["sufficiency"])
     assert (table["images"][table["class"] == explain.OVERALL] == 6).all()  # every cell of the sample, at every n
-    curves = closed[-1].axes[0]  # the first panel of the sufficiency figure: every class together
+    panels = closed[-1].axes  # rows accuracy, same prediction, precision; a column per class
     lime_line = table[(table["class"] == explain.OVERALL) & (table["method"] == "lime")]
-    np.testing.assert_allclose(curves.lines[0].get_ydata(), lime_line["accuracy"])
+    n_classes = table["class"].nunique()
+    assert len(panels) == 3 * n_classes
+    for k, measure in enumerate(["accuracy", "kept_prediction", "precision"]):
+        np.testing.assert_allclose(panels[k * n_classes].lines[0].get_ydata(), lime_line[measure])
     monkeypatch.undo()
     for fig in closed:
         plt.close(fig)

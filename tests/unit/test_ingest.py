@@ -49,6 +49,7 @@ def messy(tmp_path):
         "text.png": b"this is not an image\n" * 3,
         "anim.gif": png_bytes(Image.fromarray(COLOUR), "GIF"),
         "nolabel.png": png_bytes(Image.fromarray(grey, "L")),
+        "blank.png": png_bytes(Image.fromarray(np.full((6, 5, 3), 90, np.uint8))),
     }
     for name, data in files.items():
         (root / "img" / name).write_bytes(data)
@@ -58,6 +59,7 @@ def messy(tmp_path):
         ("../outside.png", "cell"),
         ("img/nolabel.png", ""),
         ("img/rgb.png", "cell"),  # listed twice
+        ("img", "cell"),  # a folder, not a file
     ]
     filelist = tmp_path / "list.csv"
     pd.DataFrame(entries, columns=["path", "label"]).to_csv(filelist, index=False)
@@ -84,10 +86,15 @@ def test_every_quarantine_reason_and_nothing_dropped(messy):
     assert reasons["../outside.png"] == ["outside_root"]
     assert reasons["img/nolabel.png"] == ["bad_label"]
     assert reasons["img/rgb.png"] == ["", "duplicate_name"]
-    assert set(df["reason"].dropna()) == set(REASONS) - {"bad_filename", "unknown_label", "label_conflict"}
+    assert reasons["img/blank.png"] == ["blank"]
+    assert reasons["img"] == ["unreadable"]
+    untested = {"bad_filename", "unknown_label", "unsafe_label", "label_conflict", "too_small"}  # elsewhere
+    assert set(df["reason"].dropna()) == set(REASONS) - untested
     bad = df[df.status == "quarantined"]
     assert bad.reason.notna().all() and df.loc[df.status == "ok", "reason"].isna().all()
-    assert (bad[["width", "height"]] == 0).all().all() and bad.content_hash.isna().all()
+    undecodable = bad[bad.reason != "blank"]  # a blank image was decoded: its size and hash are known
+    assert (undecodable[["width", "height"]] == 0).all().all() and undecodable.content_hash.isna().all()
+    assert bad.loc[bad.reason == "blank", ["width", "height"]].values.tolist() == [[5, 6]]
     assert (df.dataset == "messy").all()
 
 
@@ -105,7 +112,7 @@ def test_conversions_produce_correct_rgb(messy, monkeypatch):
     grey = messy[2]["grey"]
     assert (decoded["grey.png"] == grey[..., None]).all()
     assert decoded["palette.png"].tolist() == [[[10, 20, 30], [200, 100, 50]], [[0, 255, 0], [200, 100, 50]]]
-    assert decoded["rgba.png"][0].tolist() == [[200, 100, 50], [0, 0, 0]]  # alpha 0 over black
+    assert decoded["rgba.png"][0].tolist() == [[200, 100, 50], [255, 255, 255]]  # alpha 0 over white
     assert decoded["grey16.png"][0, :, 0].tolist() == [0, 128, 255]  # scaled, not clipped
     assert df.loc["img/grey16.png", "mode"].startswith("I")
     ok = df[df.status == "ok"].groupby(level=0).first()

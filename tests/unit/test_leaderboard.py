@@ -4,7 +4,7 @@ import math
 import pandas as pd
 import pytest
 
-from hemaflow.leaderboard import build_leaderboard, headline, write_leaderboard
+from hemaflow.leaderboard import best_of, build_leaderboard, headline, write_leaderboard
 
 
 def scores(val_bacc, val_acc, test_bacc=0.5, patient=None):
@@ -132,3 +132,19 @@ def test_inputs_column_and_patient_level_figures_set_image_and_fused_side_by_sid
     assert (board.drop(index="m2_lr1e-3_cbc")["inputs"] == "image").all()  # today's combos and the SVM
     assert board.loc["m2_lr1e-3_cbc", "patient_test_balanced_accuracy"] == 1.0
     assert board.loc["m2_lr1e-3_cbc", "patient_test_auc"] == 1.0
+
+
+def test_best_of_follows_the_ranking_not_the_alphabetical_combos_map():
+    # model_4 ranks first although model_1 sorts first: the keys of `combos` are alphabetical in
+    # metrics.json (json.dump sort_keys, as DVC shows them), so they cannot carry the order
+    entries = {c: ({"model": c}, {"val": {"auc": auc}}, None)
+               for c, auc in [("model_1", 0.7), ("model_4", 0.9), ("svm_rbf", 0.95), ("model_2", 0.8)]}
+    h = json.loads(json.dumps(headline(build_leaderboard(entries, "auc"), "auc"), sort_keys=True))
+    assert list(h["combos"]) == ["model_1", "model_2", "model_4", "svm_rbf"]
+    assert h["ranking"] == ["svm_rbf", "model_4", "model_2", "model_1"]
+    assert best_of(h, ["model_1", "model_2", "model_4"]) == "model_4"  # the SVM takes no image
+    assert best_of(h, ["model_1", "model_2"]) == "model_2"
+    with pytest.raises(ValueError, match="none of the ranked"):
+        best_of(h, [])
+    with pytest.raises(ValueError, match="no ranking.*rerun the leaderboard"):
+        best_of({k: v for k, v in h.items() if k != "ranking"}, ["model_1"])

@@ -14,6 +14,7 @@ from PIL import Image
 from hemaflow.adapters import list_candidates
 from hemaflow.ingest import build_sources, summary
 from hemaflow.manifest import write_manifest
+from hemaflow.splits import assign_splits
 
 RNG = np.random.default_rng(3)
 
@@ -76,10 +77,10 @@ def ingest(root, tmp_path, **kw):
 
 def test_folders_every_file_accounted_for(tree, tmp_path):
     sources, classes, info = ingest(tree, tmp_path, adapter="folders")
-    n = files_on_disk(tree)
+    n = files_on_disk(tree) + 1  # and one row for the empty class folder
     assert len(sources) == n == info["files"]
     assert sum(info["status"].values()) == n
-    assert info["status"] == {"ok": 3, "quarantined": 5, "skipped": 7}
+    assert info["status"] == {"ok": 3, "quarantined": 5, "skipped": 8}
     reason = sources["reason"].fillna("ok").to_dict()
     assert reason == {
         ".DS_Store": "hidden",
@@ -97,11 +98,14 @@ def test_folders_every_file_accounted_for(tree, tmp_path):
         "Eosinophil/e.png": "ok",
         "Eosinophil/empty.png": "empty",
         "Eosinophil/broken.png": "not_an_image",
+        "Monocyte": "empty_class_folder",
     }
-    assert classes == ("Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil")
-    assert info["empty_classes"] == ["Monocyte"]
-    assert info["classes"] == {"Eosinophil": 1, "Lymphocyte": 1, "Monocyte": 0, "Neutrophil": 1}
-    assert info["skipped"] == {"hidden": 3, "not_an_image_extension": 2, "outside_class_folder": 2}
+    assert classes == ("Eosinophil", "Lymphocyte", "Neutrophil")  # an empty folder is not a class
+    assert info["empty_classes"] == []
+    assert info["classes"] == {"Eosinophil": 1, "Lymphocyte": 1, "Neutrophil": 1}
+    assert info["skipped"] == {"empty_class_folder": 1, "hidden": 3, "not_an_image_extension": 2, "outside_class_folder": 2}
+    assert info["first_files"]["hidden"] == [".DS_Store", ".thumbnails/Neutrophil_a.png", "Neutrophil/.hidden.jpg"]
+    assert info["first_files"]["empty_class_folder"] == ["Monocyte"]
     [group] = info["label_conflicts"]
     assert group["files"] == {"Lymphocyte/a_again.png": "Lymphocyte", "Neutrophil/a.png": "Neutrophil"}
     assert group["kept"] is None
@@ -137,3 +141,13 @@ def test_filelist_every_file_accounted_for(tree, tmp_path):
     assert sources.loc["Neutrophil/b.png", ["reason", "source_label", "label_index"]].tolist() == ["unknown_label", "Neutrophill", -1]
     assert sources.loc["Lymphocyte/c.png", "label_index"] == 1
     assert "similar_labels" not in info and info["empty_classes"] == ["Neutrophil"]
+
+
+def test_an_empty_class_folder_named_in_data_classes_stops_the_split(tree, tmp_path):
+    expected = ["Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
+    sources, classes, info = ingest(tree, tmp_path, adapter="folders", classes=expected)
+    assert classes == tuple(expected) and info["empty_classes"] == ["Monocyte"]
+    assert sources.loc["Monocyte", ["status", "reason", "label_index"]].tolist() == ["skipped", "empty_class_folder", 2]
+    with pytest.raises(ValueError, match=r"data.classes names class folder\(s\) without any image file under data.root: "
+                                         r"Monocyte/\. Add images to them, or remove them from data.classes"):
+        assign_splits(sources.reset_index(), seed=0, use_dataset_folds=False)

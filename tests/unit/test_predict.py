@@ -98,11 +98,10 @@ def test_bad_inputs_are_quarantined_with_reasons_and_the_rest_predicted(project,
     (folder / "cut.bmp").write_bytes(files[3].read_bytes()[:2000])
     (folder / "README.md").write_text("skipped: not an image suffix")
     lines = []
-    summary = P.run([folder, tmp_path / "gone.png"], model="tiny", project=root, out_dir=tmp_path / "out",
-                    reports=False, say=lines.append)
+    summary = P.run([folder], model="tiny", project=root, out_dir=tmp_path / "out", reports=False, say=lines.append)
     table = pd.read_parquet(tmp_path / "out/predictions.parquet")
     by_name = table.assign(name=table["file"].map(lambda f: Path(f).name)).set_index("name")
-    expected = {"empty.bmp": "empty", "notes.png": "not_an_image", "cut.bmp": "truncated", "gone.png": "missing"}
+    expected = {"empty.bmp": "empty", "notes.png": "not_an_image", "cut.bmp": "truncated"}
     for name, reason in expected.items():
         assert by_name.loc[name, "status"] == "quarantined" and by_name.loc[name, "reason"] == reason, name
         assert np.isnan(by_name.loc[name, "p_all"])
@@ -110,8 +109,9 @@ def test_bad_inputs_are_quarantined_with_reasons_and_the_rest_predicted(project,
     good = by_name[by_name["status"] == "ok"]
     assert sorted(good.index) == sorted(f.name for f in files[:3])
     assert good["p_all"].between(0, 1).all() and good["predicted_label"].isin(["hem", "all"]).all()
-    assert "README.md" not in by_name.index
-    assert summary["reasons"] == {"empty": 1, "missing": 1, "not_an_image": 1, "truncated": 1}
+    # a file that is not an image is listed, not dropped
+    assert by_name.loc["README.md", ["status", "reason"]].tolist() == ["skipped", "not_an_image_extension"]
+    assert summary["reasons"] == {"empty": 1, "not_an_image": 1, "not_an_image_extension": 1, "truncated": 1}
     csv = pd.read_csv(tmp_path / "out/predictions.csv")
     assert list(csv.columns) == list(table.columns) and len(csv) == len(table) == 7
 
@@ -131,7 +131,7 @@ def test_patients_from_names_and_the_decision_uses_the_validation_threshold(proj
         frac = (g["predicted_label"] == "all").mean()
         assert patients.loc[pid, "n_cells"] == len(g)
         assert patients.loc[pid, "frac_positive"] == pytest.approx(frac)
-        assert patients.loc[pid, "decision"] == ("all" if frac >= 0.5 else "not all")
+        assert patients.loc[pid, "decision"] == ("positive for all" if frac >= 0.5 else "negative for all")
     summary = json.loads((tmp_path / "a/summary.json").read_text())
     assert summary["threshold"]["threshold"] == 0.5 and summary["threshold"]["chosen_on"] == "val"
     assert "0.5" in summary["decision_rule"] and "metrics.json" in summary["decision_rule"]
@@ -144,7 +144,7 @@ def test_patients_from_names_and_the_decision_uses_the_validation_threshold(proj
         P.run(files, model="tiny", project=root, out_dir=tmp_path / "b", reports=False, say=lambda _: None)
     finally:
         metrics.write_text(saved)
-    assert (pd.read_csv(tmp_path / "b/patients.csv")["decision"] == "not all").all()
+    assert (pd.read_csv(tmp_path / "b/patients.csv")["decision"] == "negative for all").all()
 
 
 def test_cnmc_holdout_folder_gets_patients_from_its_labels_csv(replica):
@@ -182,8 +182,15 @@ def test_model_resolution(project, tmp_path):
     reports = root / "results/reports"
     reports.mkdir(parents=True, exist_ok=True)
     # best = the best-ranked combination that has a Keras model (the SVM baseline has none)
-    (reports / "metrics.json").write_text(json.dumps({"best": "svm_rbf", "combos": {"svm_rbf": {}, "tiny": {}}}))
+    (reports / "metrics.json").write_text(json.dumps({"best": "svm_rbf", "ranking": ["svm_rbf", "tiny"],
+                                                      "combos": {"svm_rbf": {}, "tiny": {}}}))
     assert P.resolve_model("best", root) == root / "results/models/tiny/model.keras"
+    # the order is metrics.json's ranking, not its (alphabetical) combos map
+    shutil.copytree(root / "results/models/tiny", root / "results/models/a_second")
+    (reports / "metrics.json").write_text(json.dumps({"best": "tiny", "ranking": ["tiny", "a_second"],
+                                                      "combos": {"a_second": {}, "tiny": {}}}))
+    assert P.resolve_model("best", root) == root / "results/models/tiny/model.keras"
+    shutil.rmtree(root / "results/models/a_second")
     with pytest.raises(FileNotFoundError, match="tiny"):
         P.resolve_model("nope", root)
     shutil.copytree(root / "results/models/tiny", tmp_path / "old")
@@ -244,6 +251,9 @@ def test_report_has_fields_provenance_decision_gallery_and_explains_the_predicte
                  "metrics.json", DISCLAIMER[:40], "empty.bmp", "display only"):
         assert text in page, text
     assert "@media print" in page
+    decision = re.search(r'id="decision"><b>([^<]+)</b>', page)[1]
+    assert decision == pd.read_csv(tmp_path / "out/patients.csv", dtype={"patient_id": str}).set_index("patient_id").loc[pid, "decision"]
+    assert decision in ("positive for all", "negative for all")
     # self-contained: every src is inline, no link/script elements, no url() outside data:
     assert re.findall(r'src="([^"]*)"', page) and all(s.startswith("data:") for s in re.findall(r'src="([^"]*)"', page))
     assert "<link" not in page and "<script" not in page and "url(" not in page
@@ -265,3 +275,28 @@ def test_report_has_fields_provenance_decision_gallery_and_explains_the_predicte
         differs += not np.array_equal(expected[0], expected[1])
         assert cam.shape[0] == DISPLAY_SIDE // 2
     assert differs  # so the check above could tell the two classes apart
+
+
+def test_the_models_recorded_regex_and_class_words_reach_predict_and_the_page(project, tmp_path):
+    root, files, _ = project
+    shutil.copytree(root / "results/models/tiny", root / "results/models/described")
+    model_params.record(root / "results/models/described/preprocess.json", preprocess=PREPROCESS, channels=4,
+                        classes=["hem", "all"], class_descriptions={"all": "leukaemic blast", "other": "not a class"},
+                        patient_regex=r"^(?P<patient>P\d+)-")  # fmt: skip
+    shutil.copytree(root / "results/evaluation/tiny", root / "results/evaluation/described")
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    for k, f in enumerate(files[:4]):
+        shutil.copy(f, cells / f"P{k % 2}-{k}.bmp")  # no C-NMC name: only the recorded regex finds P0, P1
+    summary = P.run([cells], model="described", project=root, out_dir=tmp_path / "out", improve=True, say=lambda _: None)
+    assert sorted(summary["reports"]) == ["P0", "P1"]
+    page = (tmp_path / "out/reports" / summary["reports"]["P0"]).read_text()
+    assert "all (leukaemic blast)" in page and "not a class" not in page
+    assert "no description given" in page  # hem has none
+    # every image is labelled in visible text, not only in a tooltip
+    assert page.count("<small>original</small>") == page.count('<figure class="cell"') == 2
+    assert page.count("<small>Grad-CAM of the predicted class</small>") == 2 and "<small>improved" in page
+    # an explicit --patient-regex still wins
+    other = P.run([cells], model="described", project=root, out_dir=tmp_path / "out2", patient_regex=r"-(?P<patient>\d)\.",
+                  reports=False, say=lambda _: None)  # fmt: skip
+    assert other["patients"] == 4

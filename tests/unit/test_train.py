@@ -392,3 +392,27 @@ def test_each_trial_trains_with_its_own_batch_size(shards, tmp_path, monkeypatch
               callbacks=[steps])  # fmt: skip
         assert seen and set(seen) == {batch_size}  # the training batches are of the trial's size
         assert steps.n == 64 // batch_size  # and an epoch is 64 training records / batch size steps
+
+
+def test_fine_tuning_a_pretrained_backbone_keeps_its_batchnorm_statistics(shards, tmp_path):
+    app = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3),
+                                              include_preprocessing=True)  # fmt: skip
+    rng = np.random.default_rng(5)
+    for layer in app.layers:  # statistics unlike the data's, so that training would move them
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(size=layer.moving_mean.shape).astype(np.float32))
+            layer.moving_variance.assign(rng.uniform(0.5, 2, size=layer.moving_variance.shape).astype(np.float32))
+    weights = tmp_path / "mobilenetv3_small_notop.weights.h5"
+    app.save_weights(weights)
+    combo = {**COMBO, "model": "mobilenetv3_small", "lr": 1e-3}
+    train(shards, tmp_path / "out", combo=combo, max_epochs=1, weights=str(weights),
+          fine_tune={"frozen_epochs": 1, "lr_factor": 0.1})  # fmt: skip
+    trained = keras.models.load_model(tmp_path / "out" / "model.keras")
+    norms = {la.name: la for la in app.layers if isinstance(la, keras.layers.BatchNormalization)}
+    assert norms
+    for layer in trained.layers:
+        if layer.name in norms:
+            np.testing.assert_array_equal(layer.moving_mean.numpy(), norms[layer.name].moving_mean.numpy())
+            np.testing.assert_array_equal(layer.moving_variance.numpy(), norms[layer.name].moving_variance.numpy())
+    convs = [la for la in trained.layers if isinstance(la, keras.layers.Conv2D)]
+    assert any(not np.array_equal(c.get_weights()[0], app.get_layer(c.name).get_weights()[0]) for c in convs)  # it trained

@@ -82,3 +82,25 @@ def test_the_local_profile_prints_a_failed_jobs_log(work, tool_env):
     assert "a/broken.png" in log and "bad input file(s)" in log
     # the job's own log, on the console: not just a pointer to results/logs/
     assert "a/broken.png" in out and "bad input file(s)" in out
+
+
+def test_nested_config_values_are_typed_as_yaml(work, tool_env):
+    """Snakemake leaves the values nested in a --config mapping strings; they are typed as YAML."""
+    proc = subprocess.run([BIN / "snakemake", "-n", "prepare", "--config", "preprocess={size: 64}"], cwd=work, env=tool_env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("", "params.yaml: the config file is empty"), ("seed: 1\ntrain: [1\n", "params.yaml, line 3, column 1: not valid YAML")],
+)
+def test_an_empty_or_broken_params_yaml_is_named(work, tool_env, text, message):
+    (work / "params.yaml").write_text(text)
+    assert message in failed(work, tool_env, "-n")
+
+
+def test_a_data_root_that_is_a_file_is_not_a_directory(work, tool_env):
+    (work / "cells.txt").write_text("not a directory")
+    out = failed(work, tool_env, "-n", "--config", "data={adapter: folders, name: mine, root: cells.txt}")
+    assert "--config: data.root: the data directory 'cells.txt'" in out and "is not a directory" in out

@@ -102,3 +102,24 @@ def test_dvc_prepare_stage_reads_every_data_key_but_positive_class():
     assert "data" not in prepare
     assert {p for p in prepare if p.startswith("data.")} == data_keys - {"data.positive_class", "data.patient_sheet"}
     assert "data.positive_class" in stages["evaluate"]["params"]
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory, tool_env) -> Path:
+    """A fresh clone, nothing built: a dry run lists every target job with its inputs."""
+    return copy_repo(tmp_path_factory.mktemp("fresh"), tool_env)
+
+
+@pytest.mark.parametrize("target, stage", [("prepare", "prepare"), ("models", "train"), ("evaluation", "evaluate")])
+def test_each_dvc_stage_tracks_every_file_its_target_names(fresh, tool_env, params, target, stage):
+    """Every file `snakemake <target>` names is an out of its DVC stage or one of its deps (a file
+    an earlier stage made), so DVC versions each file whose loss Snakemake would redo."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    names = {"${data.root}": params["data"]["root"], "${data.patient_sheet}": params["data"]["patient_sheet"]}
+    tracked = [names.get(p, p) for p in stages[stage].get("deps", [])]
+    tracked += [names.get(p, p) for out in stages[stage]["outs"] + stages[stage].get("metrics", []) for p in out]
+    plan = run(["snakemake", "-n", target], fresh, tool_env).stdout
+    block = plan.partition(f"\nrule {target}:\n")[2]
+    files = block.partition("input: ")[2].partition("\n")[0].split(", ")
+    untracked = [f for f in files if not any(f == t or f.startswith(t.rstrip("/") + "/") for t in tracked)]
+    assert len(files) > 1 and untracked == [], f"dvc.yaml stage {stage!r} does not track {untracked}"

@@ -11,10 +11,12 @@ SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
 from hemaflow.adapters import check_positive_class, known_classes, reader
-from hemaflow.config import check_data_paths, check_replica, validate_params
+from hemaflow.config import check_data_paths, check_replica, typed_cli_config, validate_params
 from hemaflow.grid import check_patient_sheet, combos, is_fused
 from hemaflow.manifest import SPLITS
 from hemaflow.provenance import library_digest, put_first_on_pythonpath
+from hemaflow.safenames import check_name
+from snakemake.utils import update_config
 
 put_first_on_pythonpath(SRC)
 
@@ -26,7 +28,12 @@ def config_layers():
     own = [] if workflow.config_settings.replace_workflow_config else workflow.configfiles[len(cli):]
     shown = [str(f) for f in own] + [f"{f.relative_to(Path.cwd()) if f.is_relative_to(Path.cwd()) else f} (--configfile)" for f in cli]
     layers = [(name, yaml.safe_load(Path(f).read_text()) or {}) for name, f in zip(shown, own + cli)]
-    return layers + ([("--config", dict(workflow.config_settings.config))] if workflow.config_settings.config else [])
+    return layers + ([("--config", CLI_CONFIG)] if CLI_CONFIG else [])
+
+
+# --config 'preprocess={size: 64}': Snakemake merged the nested values in as strings; retyped here.
+CLI_CONFIG = typed_cli_config(workflow.config_settings.config or {})
+update_config(config, CLI_CONFIG)
 
 
 # Validated once, here; the schema's defaults fill in every key a config file leaves out, so
@@ -102,7 +109,7 @@ def data_input():
 
 # The data keys ingest reads: everything but positive_class (which only evaluation uses).
 INGEST_KEYS = ("adapter", "name", "root", "index", "patient_regex", "filelist", "strict", "max_pixels",
-               "classes", "label_map", "on_label_conflict")  # fmt: skip
+               "min_side", "classes", "label_map", "on_label_conflict")  # fmt: skip
 
 
 def ingest_params():
@@ -167,7 +174,8 @@ def model_file(combo):
 
 
 # rule predict (predict.smk)
-PREDICT_DIR = f"results/predict/{config['predict']['name']}"
+# The schema already refuses `..`; checked again because rule predict empties this directory.
+PREDICT_DIR = f"results/predict/{check_name(config['predict']['name'], 'predict.name')}"
 
 
 def predict_model_inputs():
@@ -181,23 +189,47 @@ def predict_model_inputs():
     return []
 
 
-def prepared_data():
-    """Everything the data half leaves: manifests, shards, data reports (DVC stage `prepare`)."""
+def data_files():
+    """Every file the data half makes that later stages read: the ingest and split tables, the class
+    list, every shard and its manifest and the merged manifest. Named in full by the targets, since
+    Snakemake rebuilds a missing intermediate only when a job that needs to run asks for it: a deleted
+    shard, or the outputs a failed or killed job left out, would otherwise go unnoticed."""
     return [
+        SOURCES,
+        CLASSES,
+        SPLITS_TABLE,
+        *(f for split in SPLITS for f in shard_records(split) + shard_manifests(split)),
         AUGMENTED,
-        "results/reports/split_summary.csv",
-        *expand("results/reports/contact_sheets/{split}.png", split=SPLITS),
     ]
 
 
+def outputs_of(rule, **wildcards):
+    """A rule's output files (its patterns filled in with `wildcards`)."""
+    return expand(list(rule.output), **wildcards) if wildcards else list(rule.output)
+
+
+def prepared_data():
+    """Everything the data half leaves: manifests, shards, data reports (DVC stage `prepare`)."""
+    made = [*data_files(), *outputs_of(rules.ingest), *outputs_of(rules.split), *outputs_of(rules.contact_sheet, split=SPLITS)]
+    return list(dict.fromkeys(made))
+
+
 def trained_models():
-    """Every combination's model and the classical baseline, and the grid (DVC stage `train`)."""
-    return [GRID, *(model_file(combo) for combo in MODEL_IDS)]
+    """Every combination's training outputs, the classical baseline's and the grid, the data they
+    read and data.positive_class checked against the classes (no training job waits for that check)
+    (DVC stage `train`)."""
+    return [
+        *data_files(),
+        POSITIVE,
+        GRID,
+        *outputs_of(rules.train, combo=list(COMBOS)),
+        *(outputs_of(rules.train_baseline) if config["train"]["baseline_svm"] else []),
+    ]
 
 
 def evaluation_reports():
-    """Per-combination evaluation and the leaderboard (DVC stage `evaluate`)."""
-    return ["results/reports/leaderboard.csv", "results/reports/metrics.json"]
+    """Per-combination evaluation and the leaderboard, and what they read (DVC stage `evaluate`)."""
+    return [*trained_models(), *outputs_of(rules.evaluate, combo=MODEL_IDS), *outputs_of(rules.leaderboard)]
 
 
 def explanations():

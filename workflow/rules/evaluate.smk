@@ -1,22 +1,3 @@
-# Right after ingest (priority), before any training finishes: data.positive_class must be a
-# class of a two-class set. Only evaluation depends on it, so changing it reruns only evaluation.
-rule check_classes:
-    input:
-        CLASSES,
-    output:
-        POSITIVE,
-    log:
-        "results/logs/check_classes.log",
-    params:
-        library_code=library_code("check_classes.py"),
-        positive_class=config["data"]["positive_class"],
-    priority: 50
-    conda:
-        "../../envs/data.yaml"
-    script:
-        "../scripts/check_classes.py"
-
-
 rule evaluate:
     input:
         unpack(fused_inputs()),

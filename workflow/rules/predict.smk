@@ -25,6 +25,7 @@ rule predict:
         improve=config["predict"]["improve"],
         batch_size=config["predict"]["batch_size"],
         max_pixels=config["data"]["max_pixels"],
+        min_side=config["data"]["min_side"],  # ingest's implausibility rule, so predict quarantines what training never saw
     threads: 1
     conda:
         "../../envs/train.yaml"

@@ -29,6 +29,8 @@ rule train:
         size=config["preprocess"]["size"],
         channels=channels(),
         preprocess=config["preprocess"],
+        # recorded in preprocess.json for the report and `hemaflow predict`
+        described={k: config["data"][k] for k in ("class_descriptions", "patient_regex")},
         seed=config["seed"],
     threads: train_threads()
     resources:
@@ -81,3 +83,23 @@ rule train_baseline:
         "../../envs/train.yaml"
     script:
         "../scripts/train_baseline.py"
+
+
+# Right after ingest (priority), before any training finishes: data.positive_class must be a
+# class of a two-class set. The `models` target asks for it (so a bad value fails before the models
+# are called done), but only evaluation depends on it: changing it reruns only evaluation.
+rule check_classes:
+    input:
+        CLASSES,
+    output:
+        POSITIVE,
+    log:
+        "results/logs/check_classes.log",
+    params:
+        library_code=library_code("check_classes.py"),
+        positive_class=config["data"]["positive_class"],
+    priority: 50
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/check_classes.py"

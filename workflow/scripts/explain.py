@@ -10,7 +10,8 @@ import logging
 import keras
 import pandas as pd
 
-from hemaflow.explain import best_explainable, explain_model, load_images, sample_cells
+from hemaflow.explain import explain_model, load_images, sample_cells
+from hemaflow.leaderboard import best_of
 from hemaflow.manifest import read_classes
 
 combos = list(snakemake.params.combos)
@@ -18,7 +19,7 @@ combo = combos[0]
 if snakemake.wildcards.combo == "best":
     with open(snakemake.input.metrics) as f:
         metrics = json.load(f)
-    combo = best_explainable(metrics, combos)
+    combo = best_of(metrics, combos, snakemake.input.metrics)
     logging.info("leaderboard best: %s; explaining %s", metrics["best"], combo)
 k = combos.index(combo)
 

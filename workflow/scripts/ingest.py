@@ -8,7 +8,7 @@ import json
 import logging
 
 from hemaflow.adapters import list_candidates
-from hemaflow.ingest import build_sources, summary
+from hemaflow.ingest import FIRST_FILES, build_sources, summary
 from hemaflow.manifest import write_classes, write_manifest
 
 d = snakemake.params.data
@@ -28,6 +28,7 @@ sources = build_sources(
     dataset=d["name"],
     strict=d["strict"],
     max_pixels=d["max_pixels"],
+    min_side=d["min_side"],
     threads=snakemake.threads,
     on_label_conflict=d["on_label_conflict"],
 )
@@ -41,6 +42,12 @@ with open(snakemake.output.summary, "w") as f:
 logging.info("ingest: %s", json.dumps(info, sort_keys=True))
 if len(bad):
     logging.warning("%d file(s) quarantined; see %s", len(bad), snakemake.output.quarantine)
+for status in ("reasons", "skipped"):
+    for reason, n in info[status].items():
+        more = f", ... ({n - FIRST_FILES} more)" if n > FIRST_FILES else ""
+        logging.log(logging.WARNING if status == "reasons" else logging.INFO, "%s %d file(s) as %s: %s%s",
+                    "quarantined" if status == "reasons" else "skipped", n, reason,
+                    ", ".join(info["first_files"][reason]), more)  # fmt: skip
 for name in info["empty_classes"]:
     logging.warning("class %r has no usable image (an empty class folder, or every file of it is bad)", name)
 for a, b in info.get("similar_labels", []):

@@ -19,5 +19,6 @@ run(
     improve=p.improve,
     batch_size=p.batch_size,
     max_pixels=p.max_pixels,
+    min_side=p.min_side,
     say=print,
 )

@@ -1,5 +1,10 @@
 """Train one hyperparameter combination."""
 
+import os
+
+# The job's own stderr, before to_log sends it to the log: Snakemake shows it on the console.
+CONSOLE = os.fdopen(os.dup(2), "w", buffering=1)
+
 from hemaflow.logs import to_log
 
 to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
@@ -10,7 +15,7 @@ from hemaflow import fusion
 from hemaflow.grid import is_fused
 from hemaflow.manifest import read_classes, read_manifest
 from hemaflow.model_params import record
-from hemaflow.train import train_combo, use_device, use_threads
+from hemaflow.train import EpochProgress, train_combo, use_device, use_threads
 
 use_threads(snakemake.threads)
 s = snakemake.params.settings
@@ -21,7 +26,8 @@ train_rows = pd.concat([pd.read_parquet(p, columns=["label_index"]) for p in sna
 n_val = sum(len(pd.read_parquet(p, columns=["index"])) for p in snakemake.input.val_manifests)
 classes = read_classes(snakemake.input.classes)
 # First, so that model.keras (written last by train_combo) never exists without it.
-record(snakemake.output.params, preprocess=snakemake.params.preprocess, channels=snakemake.params.channels, classes=classes)
+record(snakemake.output.params, preprocess=snakemake.params.preprocess, channels=snakemake.params.channels, classes=classes,
+       **snakemake.params.described)
 cbc = None
 if is_fused(snakemake.params.combo):
     sources = read_manifest(snakemake.input.sources, "sources")
@@ -48,4 +54,5 @@ train_combo(
     cbc=cbc,
     threads=snakemake.threads,
     device=device,
+    callbacks=[EpochProgress(snakemake.wildcards.combo, s["max_epochs"], CONSOLE)],
 )

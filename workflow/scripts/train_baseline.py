@@ -10,6 +10,8 @@ to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
 import json
 import time
 
+import pandas as pd
+
 from hemaflow.baseline import featurize_split, fit_baseline, save_svm
 
 start = time.perf_counter()
@@ -17,7 +19,9 @@ features = {}
 for split, path in zip(snakemake.params.splits, snakemake.output.features):
     features[split] = featurize_split(list(snakemake.input[split]), channels=snakemake.params.channels)
     features[split].to_parquet(path, index=False)
-model = fit_baseline(features["train"], seed=snakemake.params.seed, class_weight=snakemake.params.class_weight)
+patients = pd.read_parquet(snakemake.input.sources, columns=["image_id", "patient_id"]).set_index("image_id")["patient_id"]
+model = fit_baseline(features["train"], seed=snakemake.params.seed, class_weight=snakemake.params.class_weight,
+                     patients=patients)  # fmt: skip
 save_svm(model, snakemake.output.model)
 with open(snakemake.output.info, "w") as f:
     json.dump(
