@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from hemaflow.images import MIN_SIDE
 from hemaflow.predict import CNMC_PATIENT_REGEX
@@ -30,8 +32,18 @@ This is a research tool, not a diagnosis.
 """
 
 
+def library() -> str:
+    """Which hemaflow this command runs: version and folder (another clone's src/ may come first)."""
+    try:
+        release = version("hemaflow")
+    except PackageNotFoundError:  # run from a checkout's src/ without an install
+        release = "not installed"
+    return f"hemaflow {release} from {Path(__file__).resolve().parent}"
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="hemaflow", description="hemaflow: blood-cell microscopy classifiers.")
+    top.add_argument("--version", action="version", version=library())
     sub = top.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="classify new images, write predictions and per-patient reports",
                        description=PREDICT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from hemaflow.predict import run
 
+    print(library(), file=sys.stderr)
     try:
         run(args.inputs, model=args.model, out_dir=args.out, project=args.project, patients=args.patients,
             patient_regex=args.patient_regex, cells=args.cells, improve=args.improve, batch_size=args.batch_size,

@@ -19,10 +19,12 @@ PREPROCESS_KEYS = ("background", "size", "crop_to_content", "pad_square", "filte
 
 
 def record(path, *, preprocess: Mapping, channels: int, classes: list[str], class_descriptions: Mapping | None = None,
-           patient_regex: str | None = None) -> dict:
+           patient_regex: str | None = None, evaluated_copies: Mapping | None = None) -> dict:
     """Write `path` (a model directory's preprocess.json): the preprocess section, channels and
     class names in label_index order; when set, data.class_descriptions (words for the report)
-    and data.patient_regex (what predict finds patients with by default). Not the positive
+    and data.patient_regex (what predict finds patients with by default); `evaluated_copies`,
+    the augmentation (and seed) of val/test when augment.splits names them: evaluate then
+    scores an image by the mean over its copies, and predict does the same. Not the positive
     class: that is evaluation's (it comes with the validation threshold in metrics.json), so
     changing it retrains nothing."""
     info = {
@@ -35,6 +37,8 @@ def record(path, *, preprocess: Mapping, channels: int, classes: list[str], clas
         info["class_descriptions"] = {c: str(class_descriptions[c]) for c in classes if c in class_descriptions}
     if patient_regex:
         info["patient_regex"] = patient_regex
+    if evaluated_copies:
+        info["evaluated_copies"] = dict(evaluated_copies)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(info, indent=2) + "\n")

@@ -198,6 +198,18 @@ def model_input(rgb: np.ndarray, params: dict) -> np.ndarray:
     return render_all(rgb, [variant], **params["preprocess"])[0]
 
 
+def model_inputs(rgb: np.ndarray, params: dict, key: str) -> np.ndarray:
+    """Every copy the model's val/test images were scored over (the deterministic one first):
+    one image, or with `evaluated_copies` (augmented val/test) the same rotations, mirrors and
+    random copies, drawn per `key` (the file) with the recorded seed. Evaluate's extra copies
+    of up-sampled classes depend on the true class, which predict cannot know: they are left out."""
+    copies = params.get("evaluated_copies")
+    if not copies:
+        return model_input(rgb, params)[None]
+    shape = {k: v for k, v in copies.items() if k not in ("fill", "seed")}
+    return render_all(rgb, variants(key, **shape, seed=copies["seed"]), **params["preprocess"], fill=copies["fill"])
+
+
 def probabilities(keras_model, images: np.ndarray) -> np.ndarray:
     """(N, n_classes) float64 from uint8 model inputs (converted as the training input is)."""
     from hemaflow.records import to_unit
@@ -226,11 +238,13 @@ def predict_files(
     rows: list[dict] = []
     inputs: dict[int, np.ndarray] = {}
     batch: list[tuple[int, np.ndarray]] = []
-    proba = np.full((len(files), len(classes)), np.nan)
+    total, copies = np.zeros((len(files), len(classes))), np.zeros(len(files))
 
-    def flush() -> None:
+    def flush() -> None:  # a file's probability is the mean over its copies, as evaluate's per_image
         if batch:
-            proba[[i for i, _ in batch]] = probabilities(model.keras_model, np.stack([x for _, x in batch]))
+            rows_of = np.array([i for i, _ in batch])
+            np.add.at(total, rows_of, probabilities(model.keras_model, np.stack([x for _, x in batch])))
+            np.add.at(copies, rows_of, 1)
             batch.clear()
 
     for i, f in enumerate(tqdm(files, desc="predict", unit="image", disable=not progress)):
@@ -240,19 +254,21 @@ def predict_files(
             bad = implausible(rgb, min_side)
             if bad:
                 raise ImageRejected(bad, f"{rgb.shape[1]}x{rgb.shape[0]} px; {REASONS[bad]}")
-            x = model_input(rgb, model.params)
+            xs = model_inputs(rgb, model.params, str(f))
         except (ImageRejected, OSError) as e:  # OSError: no permission, or an I/O error while reading
             reason, detail = (e.reason, e.detail) if isinstance(e, ImageRejected) else ("unreadable", str(e))
             row.update(status="quarantined", reason=reason, detail=detail or REASONS[reason])
             say(f"quarantined {f}: {reason} ({row['detail']})")
         else:
-            batch.append((i, x))
+            batch.extend((i, x) for x in xs)
             if keep_inputs:
-                inputs[i] = x
+                inputs[i] = xs[0]
             if len(batch) >= batch_size:
                 flush()
         rows.append(row)
     flush()
+    with np.errstate(invalid="ignore"):
+        proba = total / copies[:, None]  # NaN for files that were not scored
     table = pd.DataFrame(rows, columns=["file", "status", "reason", "detail"])
     for c, name in enumerate(classes):
         table[f"p_{name}"] = proba[:, c]

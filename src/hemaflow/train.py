@@ -275,7 +275,7 @@ class EpochProgress(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        took = time.monotonic() - getattr(self, "_start", time.monotonic())
+        took = time.monotonic() - self._start
         left = round(took * (self.max_epochs - epoch - 1))
         values = " ".join(f"{k} {float(logs[k]):.4f}" for k in ("loss", "val_loss", self.metric) if k in logs)
         eta = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"

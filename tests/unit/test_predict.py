@@ -300,3 +300,29 @@ def test_the_models_recorded_regex_and_class_words_reach_predict_and_the_page(pr
     other = P.run([cells], model="described", project=root, out_dir=tmp_path / "out2", patient_regex=r"-(?P<patient>\d)\.",
                   reports=False, say=lambda _: None)  # fmt: skip
     assert other["patients"] == 4
+
+
+def test_a_model_evaluated_on_augmented_copies_is_predicted_by_their_mean(project, tmp_path):
+    """augment.splits with val/test: evaluate scores an image by the mean over its copies, so predict must too."""
+    from hemaflow.images import load_rgb
+    from hemaflow.preprocess import render_all, variants
+
+    root, files, _ = project
+    shutil.copytree(root / "results/models/tiny", root / "results/models/tta")
+    copies = {"rotations": 4, "mirror": True, "random_copies": 1, "flip": True, "shift": 0.1, "zoom": 0.1,
+              "shear": 5.0, "rotation_range": 0.0, "fill": "nearest", "seed": 7}  # fmt: skip
+    model_params.record(root / "results/models/tta/preprocess.json", preprocess=PREPROCESS, channels=4,
+                        classes=["hem", "all"], evaluated_copies=copies)  # fmt: skip
+    model = P.load_model("tta", root)
+    # batches of 5 split each file's 16 copies across model calls
+    table, inputs = P.predict_files(model, files[:3], batch_size=5, keep_inputs=True, progress=False, say=lambda _: None)
+    for k, f in enumerate(files[:3]):
+        rgb = load_rgb(f)[0]
+        shape = {key: v for key, v in copies.items() if key not in ("fill", "seed")}
+        rendered = render_all(rgb, variants(str(f), **shape, seed=7), **PREPROCESS, fill="nearest")
+        assert len(rendered) == 16
+        expected = P.probabilities(model.keras_model, rendered).mean(axis=0)
+        np.testing.assert_allclose(table.loc[k, ["p_hem", "p_all"]].to_numpy(float), expected, atol=1e-6)
+        np.testing.assert_array_equal(inputs[k], P.model_input(rgb, model.params))  # the report shows the plain copy
+    single = P.predict_files(P.load_model("tiny", root), files[:3], progress=False, say=lambda _: None)[0]
+    assert not np.allclose(single["p_all"], table["p_all"])  # the copies change the figure

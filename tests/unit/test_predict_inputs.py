@@ -254,3 +254,10 @@ def test_a_file_named_relative_to_the_current_folder_gets_a_patient(tmp_path, mo
     """`hemaflow predict UID_h3_1_1_all.bmp`: its folder is `.`, which has no name to look a labels CSV up by."""
     monkeypatch.chdir(tmp_path)
     assert P.cell_patients([Path("UID_h3_1_1_all.bmp"), Path("x.bmp")]) == ["H3", None]
+
+
+def test_the_command_says_which_library_it_runs(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    shown = capsys.readouterr().out
+    assert shown.startswith("hemaflow ") and str(Path(cli.__file__).resolve().parent) in shown

@@ -416,3 +416,21 @@ def test_fine_tuning_a_pretrained_backbone_keeps_its_batchnorm_statistics(shards
             np.testing.assert_array_equal(layer.moving_variance.numpy(), norms[layer.name].moving_variance.numpy())
     convs = [la for la in trained.layers if isinstance(la, keras.layers.Conv2D)]
     assert any(not np.array_equal(c.get_weights()[0], app.get_layer(c.name).get_weights()[0]) for c in convs)  # it trained
+
+
+def test_epoch_progress_prints_one_line_per_epoch_with_the_time_left(monkeypatch):
+    import io
+
+    from hemaflow.train import EpochProgress
+
+    clock = iter([100.0, 130.0, 130.0, 150.0])  # epoch 1 takes 30 s, epoch 2 20 s
+    monkeypatch.setattr("hemaflow.train.time.monotonic", lambda: next(clock))
+    out = io.StringIO()
+    progress = EpochProgress("m1_lr1e-3", 5, out)
+    for epoch, logs in enumerate([{"loss": 0.69, "val_loss": 0.7, "val_auc": 0.5, "accuracy": 0.4},
+                                  {"loss": 0.5, "val_loss": 0.55}]):  # fmt: skip
+        progress.on_epoch_begin(epoch)
+        progress.on_epoch_end(epoch, logs)
+    first, second = out.getvalue().splitlines()
+    assert first == "train m1_lr1e-3: epoch 1/5 loss 0.6900 val_loss 0.7000 val_auc 0.5000 (30 s, ETA 0:02:00)"
+    assert second == "train m1_lr1e-3: epoch 2/5 loss 0.5000 val_loss 0.5500 (20 s, ETA 0:01:00)"

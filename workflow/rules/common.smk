@@ -130,6 +130,15 @@ def augment_params(wildcards):
     return None
 
 
+def evaluated_copies():
+    """The augmentation of val/test when augment.splits names them (evaluate averages an image's
+    copies, so predict must too: model_params.record), else None."""
+    if not {"val", "test"} & set(config["augment"]["splits"]):
+        return None
+    keys = ("rotations", "mirror", "random_copies", "flip", "shift", "zoom", "shear", "rotation_range", "fill")
+    return {k: config["augment"][k] for k in keys} | {"seed": config["seed"]}
+
+
 def train_threads():
     """Threads of a training job: train.threads, `all` meaning every core this run was given."""
     threads = config["train"]["threads"]

@@ -30,7 +30,7 @@ rule train:
         channels=channels(),
         preprocess=config["preprocess"],
         # recorded in preprocess.json for the report and `hemaflow predict`
-        described={k: config["data"][k] for k in ("class_descriptions", "patient_regex")},
+        described={k: config["data"][k] for k in ("class_descriptions", "patient_regex")} | {"evaluated_copies": evaluated_copies()},
         seed=config["seed"],
     threads: train_threads()
     resources:
