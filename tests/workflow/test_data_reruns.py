@@ -94,14 +94,17 @@ def test_editing_a_label_in_the_filelist_reruns_ingest_and_what_follows(tmp_path
 
 def test_dvc_prepare_stage_reads_every_data_key_but_positive_class():
     """DVC's view of the same narrowing: prepare lists each data key ingest reads, evaluate positive_class
-    (and the blood-count sheet, which only the fused combinations read, is a file dep of train/evaluate)."""
+    (and the blood-count sheet, which only the fused combinations read, is a file dep of train/evaluate);
+    class_descriptions only train reads (it records them with the model)."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     schema = yaml.safe_load((ROOT / "workflow/schemas/params.schema.yaml").read_text())
     data_keys = {f"data.{k}" for k in schema["properties"]["data"]["properties"]}
     prepare = set(stages["prepare"]["params"])
     assert "data" not in prepare
-    assert {p for p in prepare if p.startswith("data.")} == data_keys - {"data.positive_class", "data.patient_sheet"}
+    assert {p for p in prepare if p.startswith("data.")} == data_keys - {"data.positive_class", "data.patient_sheet",
+                                                                          "data.class_descriptions"}  # fmt: skip
     assert "data.positive_class" in stages["evaluate"]["params"]
+    assert {"data.class_descriptions", "data.patient_regex"} <= set(stages["train"]["params"])
 
 
 @pytest.fixture(scope="module")
