@@ -40,5 +40,6 @@ def pipeline(tmp_path_factory, tool_env) -> Path:
     Read-only for tests: a test that changes things works on its own copy (shutil.copytree).
     """
     work = harness.copy_repo(tmp_path_factory.mktemp("pipeline"), tool_env)
-    harness.snakemake(work, tool_env)
+    proc = harness.snakemake(work, tool_env)
+    (work.parent / "console.txt").write_text(proc.stdout + proc.stderr)  # what the user saw, beside the copy
     return work

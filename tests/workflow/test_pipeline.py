@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 
 import pandas as pd
@@ -125,3 +126,12 @@ def test_same_params_and_seed_give_identical_data_artifacts(pipeline, tmp_path, 
         a, b = sorted(pipeline.glob(pattern)), sorted(other.glob(pattern))
         assert [p.relative_to(pipeline) for p in a] == [p.relative_to(other) for p in b]
         assert _digest(a) == _digest(b), pattern
+
+
+def test_the_console_shows_epoch_progress_and_ends_with_where_the_results_are(pipeline, params):
+    console = (pipeline.parent / "console.txt").read_text()
+    combo = next(iter(combos(params["train"], params["seed"])))
+    assert re.search(rf"train {re.escape(combo)}: epoch 1/{params['train']['max_epochs']} loss \d", console), console[-2000:]
+    tail = console[console.rindex("Results:"):]
+    assert "leaderboard: results/reports/leaderboard.md" in tail and "metrics: results/reports/metrics.json" in tail
+    assert "report: snakemake --report results/report.html" in tail  # not made by the run: the command to make it
