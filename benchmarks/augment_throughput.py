@@ -6,7 +6,7 @@ Makes N synthetic 450×450 BMP nuclei on black, then times, one after another in
 process (single-threaded OpenCV for all three, so none gets more cores than another):
   seed      seed 000 Appendix C `masterRecrop` per output: imread, alpharm, rotateImage,
             alpharm, imwrite PNG, reopen with PIL, getbbox crop, make_square, resize, flip, save
-  hemaflow  hemaflow.shards.build_shard: decode once, one warp per output, PNG, TFRecord, manifest
+  hemaflow  hemaflow.augment.shards.build_shard: decode once, one warp per output, PNG, TFRecord, manifest
             (and, to show what the record format costs, its render + PNG loop alone)
   floor     decode each source once + PNG-encode each output (hemaflow's very images, rendered
             before the clock starts), nothing else
@@ -28,10 +28,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import PIL.Image  # noqa: E402
 
-from hemaflow.images import load_rgb  # noqa: E402
-from hemaflow.preprocess import render_all, variants  # noqa: E402
-from hemaflow.records import encode_example  # noqa: E402
-from hemaflow.shards import build_shard, encode_png  # noqa: E402
+from hemaflow.data.images import load_rgb  # noqa: E402
+from hemaflow.augment.preprocess import render_all, variants  # noqa: E402
+from hemaflow.augment.records import encode_example  # noqa: E402
+from hemaflow.augment.shards import build_shard, encode_png  # noqa: E402
 
 
 def synthetic_nuclei(root: Path, n: int, seed: int = 0) -> list[Path]:

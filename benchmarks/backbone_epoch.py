@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hemaflow.models import build_model  # noqa: E402
+from hemaflow.train.models import build_model  # noqa: E402
 
 
 class EpochTimes(keras.callbacks.Callback):

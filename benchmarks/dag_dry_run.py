@@ -19,8 +19,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from hemaflow.adapters import list_candidates  # noqa: E402
-from hemaflow.images import SKIP_REASONS  # noqa: E402
+from hemaflow.data.adapters import list_candidates  # noqa: E402
+from hemaflow.data.images import SKIP_REASONS  # noqa: E402
 
 
 def main() -> None:

@@ -17,8 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from hemaflow import explain  # noqa: E402
-from hemaflow.models import build_model  # noqa: E402
+from hemaflow import models_io  # noqa: E402
+from hemaflow.explain import gradcam as G  # noqa: E402
+from hemaflow.explain import lime as L  # noqa: E402
+from hemaflow.train.models import build_model  # noqa: E402
 
 from train_input import nucleus  # noqa: E402  (benchmarks/ is the script's directory)
 
@@ -38,24 +40,24 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=48)
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--samples", type=int, default=300, help="LIME perturbations per image (explain.num_samples)")
-    ap.add_argument("--batch-size", type=int, default=explain.BATCH_SIZE)
+    ap.add_argument("--batch-size", type=int, default=models_io.BATCH_SIZE)
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
     images = np.stack([nucleus(rng, args.size, i % 2) for i in range(args.images)]).astype(np.float32) / 255.0
     model = build_model(args.model, images.shape[1:], 2)
-    segs = [explain.superpixels(im, seed=0).max() + 1 for im in images]
+    segs = [L.superpixels(im, seed=0).max() + 1 for im in images]
     print(f"{args.model}, {args.size} px, {args.images} images, {args.samples} perturbations, "
           f"{np.mean(segs):.1f} superpixels per image on average")
 
     def lime(batch_size):
-        return lambda im: explain.lime_explain(model, im, seed=0, num_samples=args.samples, batch_size=batch_size)
+        return lambda im: L.lime_explain(model, im, seed=0, num_samples=args.samples, batch_size=batch_size)
 
-    seg = per_image(lambda im: explain.superpixels(im, seed=0), images)
+    seg = per_image(lambda im: L.superpixels(im, seed=0), images)
     batched = per_image(lime(args.batch_size), images)
     single = per_image(lime(1), images[: max(2, args.images // 4)])
-    one = per_image(lambda im: explain.gradcam(model, im[None], np.array([1])), images)
-    batch_cam = per_image(lambda _: explain.gradcam(model, images, np.ones(len(images), int)), images[:1])
+    one = per_image(lambda im: G.gradcam(model, im[None], np.array([1])), images)
+    batch_cam = per_image(lambda _: G.gradcam(model, images, np.ones(len(images), int)), images[:1])
     print(f"quickshift segmentation:          {seg}")
     print(f"LIME, batches of {args.batch_size:<4d}            {batched}")
     print(f"LIME, one perturbation per call:  {single}")

@@ -52,10 +52,11 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from hemaflow import model_params
-    from hemaflow.models import build_model
-    from hemaflow.predict import load_model, model_input, predict_files, probabilities
-    from hemaflow.images import load_rgb
+    from hemaflow.train import model_params
+    from hemaflow.train.models import build_model
+    from hemaflow.predict.model import open_model
+    from hemaflow.predict.run import model_input, predict_files, probabilities
+    from hemaflow.data.images import load_rgb
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -69,7 +70,7 @@ def main() -> None:
         model_params.record(model_dir / "preprocess.json", preprocess=preprocess, channels=4,
                             classes=["hem", "all"], positive_class="all")
         files = nuclei(root / "cells", args.images, seed=1)
-        model = load_model("bench", root)
+        model = open_model("bench", root)
         quiet = lambda _: None  # noqa: E731
         predict_files(model, files[: args.batch_size], batch_size=args.batch_size, progress=False, say=quiet)  # warm-up (graph tracing)
 

@@ -25,15 +25,20 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hemaflow.records import encode_example, write_records  # noqa: E402
+from hemaflow.augment.records import encode_example, write_records  # noqa: E402
+from hemaflow.train.fit import TIME_COLUMNS  # noqa: E402
 
 SIZE = 32
 CHILD = """
 import json, sys, keras
-from hemaflow.train import train_combo
+from hemaflow.config import load_schema, with_defaults
+from hemaflow.train.fit import train_combo
+from hemaflow.train.settings import TrainData, TrainSettings
 
 args = json.loads(sys.argv[1])
 kill_after = args.pop("kill_after")
+defaults = with_defaults({}, load_schema(args.pop("schema")))["train"]  # the schema's, then this run's
+data, settings = TrainData(**args.pop("data")), TrainSettings.from_config({**defaults, **args.pop("settings")})
 
 class Kill(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
@@ -41,7 +46,7 @@ class Kill(keras.callbacks.Callback):
             import os
             os._exit(9)  # like SIGKILL: no cleanup, no exception handlers
 
-train_combo(**args, callbacks=[Kill()] if kill_after else [])
+train_combo(args.pop("combo"), data, settings, **args, callbacks=[Kill()] if kill_after else [])
 """
 
 
@@ -87,17 +92,24 @@ def main() -> None:
         common = dict(
             combo={"model": opts.model, "optimizer": "adam", "lr": 1e-3, "lr_policy": "constant", "batch_size": 16,
                    "dropout": 0.25},
-            train_records=write_shards(tmp / "train", opts.images, 2, seed=0),
-            val_records=write_shards(tmp / "val", opts.images // 3, 1, seed=1),
-            channels=3, size=SIZE, n_classes=2, max_epochs=opts.epochs, patience=opts.epochs, cyclic={},
+            # write_shards labels image i with i % 2
+            data=dict(train_records=write_shards(tmp / "train", opts.images, 2, seed=0),
+                      val_records=write_shards(tmp / "val", opts.images // 3, 1, seed=1), channels=3, size=SIZE,
+                      n_classes=2, class_counts={0: opts.images - opts.images // 2, 1: opts.images // 2},
+                      n_val=opts.images // 3),
+            settings=dict(max_epochs=opts.epochs, patience=opts.epochs, cyclic=None, class_weight="none",
+                          weights="none", fine_tune={"frozen_epochs": 0, "lr_factor": 0.1}, accelerator="cpu",
+                          mixed_precision=False),
             seed=opts.seed,
+            schema=str(Path(__file__).resolve().parents[1] / "workflow/schemas/params.schema.yaml"),
         )  # fmt: skip
         assert run({**common, "out_dir": str(tmp / "whole")}, 0) == 0
         assert run({**common, "out_dir": str(tmp / "resumed")}, opts.kill_after) == 9
         assert run({**common, "out_dir": str(tmp / "resumed")}, 0) == 0
         a = pd.read_csv(tmp / "whole" / "history.csv").set_index("epoch")
         b = pd.read_csv(tmp / "resumed" / "history.csv").set_index("epoch")
-        columns = [c for c in a.columns if c != "lr"]
+        # Every column but the epochs' wall times (TIME_COLUMNS), which differ between any two runs.
+        columns = [c for c in a.columns if c != "lr" and c not in TIME_COLUMNS]
         print(f"{opts.model}, {opts.images} training images, killed after epoch {opts.kill_after} of {opts.epochs}")
         print("max |resumed - uninterrupted| per epoch:")
         print((a[columns] - b[columns]).abs().to_string(float_format=lambda v: f"{v:.3g}"))

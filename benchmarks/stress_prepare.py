@@ -4,7 +4,7 @@ through `snakemake prepare` with 36 rotations x mirror (10,661 x 72 = 767,592 tr
     .venv/bin/python benchmarks/stress_prepare.py --work /tmp/stress [--size 256] [--cores 2]
     .venv/bin/python benchmarks/stress_prepare.py --work /tmp/stress --sample 200   # disk per image only
 
-1. Writes one synthetic 450 x 450 nucleus (hemaflow.synth.render_cell, one stain per patient)
+1. Writes one synthetic 450 x 450 nucleus (hemaflow.data.synth.render_cell, one stain per patient)
    for every labelled name of the public file index (../shared/reference/cnmc-file-index.txt):
    the 10,661 training-fold cells under their real names and patients, and the 1,867 prelim
    holdout cells `1.bmp..1867.bmp` with a labels CSV. The real CSV's patients are not in the
@@ -37,8 +37,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from hemaflow.adapters import CNMC_PRELIM_DIR, CNMC_PRELIM_LABELS  # noqa: E402
-from hemaflow.synth import _blast_likeness, _grid, _save, _stain, render_cell  # noqa: E402
+from hemaflow.data.adapters import CNMC_PRELIM_DIR, CNMC_PRELIM_LABELS  # noqa: E402
+from hemaflow.data.synth import _blast_likeness, _grid, _save, _stain, render_cell  # noqa: E402
 
 INDEX = ROOT.parent / "shared/reference/cnmc-file-index.txt"
 TRAIN_NAME = re.compile(r"training_data/fold_\d/(all|hem)/UID_(\w+?)_\d+_\d+_(all|hem)\.bmp$")

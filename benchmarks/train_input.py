@@ -1,6 +1,6 @@
 """Training input: streaming from TFRecord shards vs in-memory tensors, and peak memory vs data size.
 
-(a) images/s of one model fed by hemaflow.data.make_dataset and by
+(a) images/s of one model fed by hemaflow.train.input.make_dataset and by
     tf.data.Dataset.from_tensor_slices of the same decoded arrays, epochs alternated in one
     process (goal: ratio >= 0.9);
 (b) peak RSS of a whole train_combo run (2 epochs) in a child process at two data sizes
@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hemaflow.records import encode_example, write_records  # noqa: E402
+from hemaflow.augment.records import encode_example, write_records  # noqa: E402
 
 PER_SHARD = 1000
 BATCH = 64
@@ -60,9 +60,9 @@ def throughput(model_name: str, size: int, n: int, rounds: int, per_shard: int, 
     import keras
     import tensorflow as tf
 
-    from hemaflow.data import SHUFFLE_BUFFER, make_dataset
-    from hemaflow.models import build_model
-    from hemaflow.records import iter_records
+    from hemaflow.train.input import SHUFFLE_BUFFER, make_dataset
+    from hemaflow.train.models import build_model
+    from hemaflow.augment.records import iter_records
 
     records = write_shards(tmp / "a", n, size, seed=0, per_shard=per_shard)
     decoded = list(iter_records(records, channels=4))
@@ -98,17 +98,20 @@ def throughput(model_name: str, size: int, n: int, rounds: int, per_shard: int, 
 
 def train_child(model_name: str, size: int, root: str, n: int) -> None:
     """Run in a child process: one train_combo run of 2 epochs on the n images under root."""
-    from hemaflow.train import train_combo
+    from hemaflow.train.fit import train_combo
+    from hemaflow.train.settings import TrainData, TrainSettings
 
     tmp = Path(root)
     train, val = sorted((tmp / "train").glob("*.tfrecord")), sorted((tmp / "val").glob("*.tfrecord"))
     combo = {"model": model_name, "optimizer": "adam", "lr": 1e-3, "lr_policy": "constant", "batch_size": BATCH,
              "dropout": 0.25}  # fmt: skip
-    train_combo(
-        combo, train_records=train, val_records=val, channels=4, size=size, n_classes=2, max_epochs=2, patience=5,
-        class_counts={0: n - n // 2, 1: n // 2}, n_val=VAL,  # write_shards labels image i with i % 2
-        cyclic={"step_size": 4, "scale": 4, "start_at": "max"}, seed=1, out_dir=tmp / "model",
-    )  # fmt: skip
+    data = TrainData(train_records=train, val_records=val, channels=4, size=size, n_classes=2,
+                     class_counts={0: n - n // 2, 1: n // 2}, n_val=VAL)  # write_shards labels image i with i % 2
+    settings = TrainSettings(max_epochs=2, patience=5, cyclic=None, class_weight="none", weights="none",
+                             fine_tune={"frozen_epochs": 0, "lr_factor": 0.1}, accelerator="cpu", mixed_precision=False,
+                             weight_decay=0.0, label_smoothing=0.0, cosine={}, onecycle={},  # unused by adam/constant
+                             speed={"cache": "none"})  # fmt: skip
+    train_combo(combo, data, settings, seed=1, out_dir=tmp / "model")
 
 
 def peak_rss(model_name: str, size: int, sizes: list[int], tmp: Path) -> None:

@@ -27,13 +27,13 @@ from train_input import BATCH, write_shards  # noqa: E402  (benchmarks/ is on sy
 
 def child(model_name: str, size: int, root: str, threads: int, epochs: int) -> None:
     """In a fresh process: seconds of each timed epoch, as JSON on stdout."""
-    from hemaflow.train import use_threads
+    from hemaflow.train.device import use_threads
 
     use_threads(threads)
     import keras
 
-    from hemaflow.data import make_dataset
-    from hemaflow.models import build_model
+    from hemaflow.train.input import make_dataset
+    from hemaflow.train.models import build_model
 
     records = sorted(Path(root).glob("*.tfrecord"))
     ds = make_dataset(records, channels=4, n_classes=2, batch_size=BATCH, shuffle=True, seed=0, size=size)

@@ -118,3 +118,44 @@ def write_override(workdir: Path, name: str, values: dict) -> str:
 
 def params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def train_settings(**overrides):
+    """hemaflow.train.settings.TrainSettings from the schema's defaults with `overrides`."""
+    from hemaflow.config import load_schema, with_defaults
+    from hemaflow.train.settings import TrainSettings
+
+    train = with_defaults({}, load_schema(ROOT / "workflow/schemas/params.schema.yaml"))["train"]
+    return TrainSettings.from_config({**train, **overrides})
+
+
+def fit(combo: dict, *, seed: int, out_dir, history_path=None, callbacks=(), threads: int = 1, device=None, **fields):
+    """hemaflow.train.fit.train_combo with its TrainData and TrainSettings built from keywords:
+    the data's fields (all of them), then any train settings to change from the schema's defaults."""
+    from dataclasses import fields as fields_of
+
+    from hemaflow.train.fit import train_combo
+    from hemaflow.train.settings import TrainData
+
+    data = {f.name: fields.pop(f.name) for f in fields_of(TrainData) if f.name in fields}
+    return train_combo(combo, TrainData(**data), train_settings(**fields), seed=seed, out_dir=out_dir,
+                       history_path=history_path, callbacks=callbacks, threads=threads, device=device)  # fmt: skip
+
+
+# The real-image fixture set beside the clone (../shared/data/bccd-wbc), and the smallest run on it.
+BCCD = Path(os.environ.get("HEMAFLOW_SHARED", ROOT.parent / "shared")) / "data" / "bccd-wbc"
+BCCD_PREPROCESS = {"background": "natural", "size": 32, "crop_to_content": False, "pad_square": True, "filter": "none"}
+
+
+def bccd_config(index: str) -> dict:
+    """A --configfile for one model_1 epoch on the bccd-wbc images listed in `index` (32 px, no
+    augmentation, a 2:1:1 split, no SVM, no fusion)."""
+    return {
+        "data": {"adapter": "folders", "name": "bccd", "root": str(BCCD), "index": index, "patient_sheet": None},
+        "split": {"use_dataset_folds": False, "ratios": [2, 1, 1]},
+        "preprocess": BCCD_PREPROCESS,
+        "augment": {"rotations": 1, "mirror": False, "random_copies": 0, "shards": {"train": 1, "val": 1, "test": 1}},
+        "train": {"grid": {"model": ["model_1"], "optimizer": ["adam"], "lr": [0.001], "lr_policy": ["constant"],
+                           "batch_size": [16], "dropout": [0.25]},
+                  "fusion": [], "max_epochs": 1, "patience": 1, "baseline_svm": False},
+    }  # fmt: skip

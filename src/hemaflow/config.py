@@ -1,6 +1,7 @@
 """The pipeline's configuration: params.yaml and its overrides, checked against the JSON Schema
-(workflow/schemas/params.schema.yaml), completed with the schema's defaults, with messages that
-name the key, what is allowed, and the file (or --config) the bad value came from."""
+(workflow/schemas/params.schema.yaml) and completed with the schema's defaults."""
+
+# Every message names the key, what is allowed, and the file (or --config) the bad value came from.
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
@@ -118,17 +119,54 @@ def patient_diagnosis(patients: pd.DataFrame, threshold: float | None, out_png, 
     return fig
 
 
-def leaderboard_chart(board: pd.DataFrame, rank_by: str, out_png) -> Figure:
-    """Validation (and test) `rank_by` per combo as horizontal bars, best on top."""
+def leaderboard_chart(board: pd.DataFrame, column: str, out_png, rule: str = "", tie_break: str | None = None) -> Figure:
+    """The ranked validation figure `column` (e.g. val_balanced_accuracy, patient_val_auc) per
+    combo as horizontal bars, best on top, with its interval (`<column>_low`/`_high`, where
+    there is one) as error bars, coloured by `vs_best`; the test figure of the selected (top)
+    row alone as a marker (other rows' test figures are not drawn: they must not be chosen by).
+    `rule` (how the board was ranked, in words) goes above the title; the `tie_break` column's
+    figure, if given, is written beside each bar's."""
     board = board.iloc[::-1]  # barh draws bottom-up; the board is sorted best first
     y = np.arange(len(board))
-    with _figure(out_png, figsize=(7, 1.5 + 0.4 * len(board))) as (fig, ax):
-        ax.barh(y + 0.2, board[f"val_{rank_by}"].fillna(0.0), height=0.4, label="val")
-        if f"test_{rank_by}" in board:
-            ax.barh(y - 0.2, board[f"test_{rank_by}"].fillna(0.0), height=0.4, label="test", alpha=0.6)
+    value = board[column].fillna(0.0).to_numpy()
+    low = board.get(f"{column}_low", pd.Series(np.nan, index=board.index)).to_numpy(dtype=float)
+    high = board.get(f"{column}_high", pd.Series(np.nan, index=board.index)).to_numpy(dtype=float)
+    known = np.isfinite(low) & np.isfinite(high)
+    # bar colour = vs_best (hemaflow.evaluate.leaderboard.VS_BEST); "" = no interval to compare
+    colours = {"best": "tab:blue", "not distinguishable": "lightsteelblue", "below": "lightgrey",
+               "above": "lightgrey", "": "darkgrey"}  # fmt: skip
+    names = {"best": "selected (best on validation)", "not distinguishable": "not distinguishable from the best",
+             "below": "interval below the best's", "above": "interval above the best's", "": "no interval"}  # fmt: skip
+    vs = (board["vs_best"] if "vs_best" in board else pd.Series("", index=board.index)).fillna("")
+    label = column.replace("patient_val_", "val patients' ").replace("val_", "val ")
+    with _figure(out_png, figsize=(9.5, 3.6 + 0.4 * len(board))) as (fig, ax):
+        ax.barh(y, value, height=0.6, color=[colours.get(v, "darkgrey") for v in vs])
+        ties = board[tie_break] if tie_break else pd.Series(np.nan, index=board.index)
+        tie_label = (tie_break or "").replace("val_", "val cells' ")
+        for yi, v, lo, hi, ok, t in zip(y, board[column], low, high, known, ties):  # the figures, readable at a glance
+            if pd.notna(v):
+                text = f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if ok else "") + (f"; ties: {tie_label} {t:.3f}" if pd.notna(t) else "")
+                ax.text(0.01, yi, text, va="center", fontsize="small")
+        handles = [Patch(color=colours[v], label=names[v]) for v in names if v in set(vs)]
+        if known.any():
+            err = np.vstack([value - low, high - value])[:, known]
+            handles.append(ax.errorbar(value[known], y[known], xerr=np.clip(err, 0, None), fmt="none", ecolor="black",
+                                       capsize=3, label="validation interval (metrics.json ci)"))  # fmt: skip
+            if known[-1]:
+                handles.append(ax.axvline(low[-1], color="tab:blue", linestyle="--", linewidth=0.8,
+                                          label="best's lower bound"))  # fmt: skip
+        test = column.replace("val_", "test_", 1)
+        if test in board and np.isfinite(board[test].iloc[-1]):
+            t, tl, th = (board[c].iloc[-1] if c in board else np.nan for c in (test, f"{test}_low", f"{test}_high"))
+            xerr = [[t - tl], [th - t]] if np.isfinite(tl) and np.isfinite(th) else None
+            handles.append(ax.errorbar([t], [y[-1] + 0.38], xerr=xerr, fmt="D", color="tab:orange", capsize=3,
+                                       label="test, selected combination only"))  # fmt: skip
         ax.set_yticks(y, board["combo"].astype(str))
-        ax.set(xlabel=rank_by, xlim=(0, 1), title=f"leaderboard (ranked by val {rank_by})")
-        ax.legend(loc="lower right")
+        ax.set(xlabel=label, xlim=(0, 1.02))
+        ax.set_title(f"leaderboard (ranked by {label})")
+        if rule:  # the whole figure's width: long combination ids leave the axes narrow
+            fig.suptitle(textwrap.fill(rule, 110), fontsize="small", y=0.995, va="top")
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=2, fontsize="small")
     return fig
 
 
@@ -174,3 +212,27 @@ def sufficiency_curves(table: pd.DataFrame, out_png) -> None:
                        title=f"{group} ({int(sub['images'].iloc[0]) if len(sub) else 0} cells)")
             row[0].set_ylabel(label)
             row[0].legend(loc="lower right", fontsize="x-small")
+
+
+def reliability_diagram(bins: pd.DataFrame, out_png, title: str = "reliability", *, ece: float | None = None,
+                        temperature: float | None = None, uncalibrated: pd.DataFrame | None = None) -> Figure:
+    """Accuracy against mean top-class probability per bin (`calibration.reliability_table`), the
+    diagonal of perfect calibration, and the images per bin below; with a temperature, the
+    uncalibrated points too. Points under the diagonal: over-confident."""
+    with _figure(out_png, nrows=2, ncols=1, sharex=True, figsize=(5, 6),
+                 gridspec_kw={"height_ratios": [3, 1]}) as (fig, (ax, ax_n)):
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+        if uncalibrated is not None:
+            u = uncalibrated[uncalibrated["count"] > 0]
+            ax.plot(u["confidence"], u["accuracy"], "s:", color="tab:grey", alpha=0.7, label="before temperature")
+        filled = bins[bins["count"] > 0]
+        label = "after temperature" if temperature is not None else "model"
+        ax.plot(filled["confidence"], filled["accuracy"], "o-", color="tab:blue", label=label)
+        extra = ([f"ECE {ece:.3f}"] if ece is not None else []) + ([f"T = {temperature:.3g}"] if temperature is not None else [])
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="accuracy (fraction correct)",
+               title=title + (f" ({', '.join(extra)})" if extra else ""))
+        ax.legend(loc="upper left", fontsize="small")
+        ax_n.bar((bins["lower"] + bins["upper"]) / 2, bins["count"], width=(bins["upper"] - bins["lower"]) * 0.9,
+                 color="tab:blue", alpha=0.6)
+        ax_n.set(xlabel="top-class probability (bin mean)", ylabel="images")
+    return fig

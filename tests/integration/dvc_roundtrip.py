@@ -92,6 +92,16 @@ def dvc_outs(repo: Path, env: Mapping[str, str] | None = None) -> list[str]:
     return paths
 
 
+def dvc_plots(repo: Path, env: Mapping[str, str] | None = None) -> dict:
+    """`dvc plots show --json` with `repo`'s own path taken out (image urls are absolute), and the
+    plot ids of dvc.yaml's `plots:` that no shown plot comes from (a file, or a directory's files)."""
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], repo, env).stdout.replace(str(repo), "<repo>"))
+    plots = yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]
+    declared = [p if isinstance(p, str) else next(iter(p)) for p in plots]
+    shown["undrawn"] = [p for p in declared if not any(k == p or k.startswith(p + "/") for k in shown["data"])]
+    return shown
+
+
 def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.is_dir() else {"."}
 

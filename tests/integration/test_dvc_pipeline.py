@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dvc_roundtrip import assert_tree_identical, dvc_outs, dvc_status_clean, push_clone_pull
+from dvc_roundtrip import assert_tree_identical, dvc_outs, dvc_plots, dvc_status_clean, push_clone_pull
 from harness import TARGET_RULES, planned_jobs, run
-from hemaflow.grid import combos
+from hemaflow.train.grid import combos
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def reproduced(pipeline, tool_env, tmp_path_factory) -> Path:
     # Snakemake had already built everything: the stages' snakemake calls find nothing to do
     # but what `snakemake` alone does not make: the HTML report and the `predict` stage's
     # predictions on the replica holdout.
-    assert executed_rules(out) == ["predict"], out.stdout[-3000:]
+    assert sorted(executed_rules(out)) == ["external", "predict"], out.stdout[-3000:]  # external: its index, of no set
     run(["git", "add", "--all"], repo, tool_env)
     run(["git", "commit", "--quiet", "-m", "dvc.lock of the default pipeline"], repo, tool_env)
     return repo
@@ -52,6 +52,11 @@ def test_metrics_show_lists_every_combination(reproduced, tool_env, params):
     data = shown[""]["data"]["results/reports/metrics.json"]["data"]
     assert set(data["combos"]) == set(combos(params["train"], params["seed"])) | {"svm_rbf"}
     assert data["best"] in data["combos"]
+    # and each combination's whole metrics.json (leaderboard's copies): any figure for `dvc metrics diff`
+    for combo in data["combos"]:
+        whole = shown[""]["data"][f"results/reports/metrics_by_combo/{combo}.json"]["data"]
+        own = json.loads((reproduced / f"results/evaluation/{combo}/metrics.json").read_text())
+        assert whole["test"]["balanced_accuracy"] == own["test"]["balanced_accuracy"]  # DVC shows numbers, not lists
 
 
 def test_plots_show_renders_curves_roc_and_confusion_of_every_combination(reproduced, tool_env, params):
@@ -69,6 +74,8 @@ def check_clone(origin: Path, clone: Path, env) -> None:
     outs = dvc_outs(origin, env)
     assert {"results/models", "results/shards", "results/manifests", "results/reports/metrics.json"} <= set(outs)
     assert_tree_identical(origin, clone, outs)
+    pulled = dvc_plots(clone, env)  # every plot of dvc.yaml drawn as in the origin, no errors
+    assert "errors" not in pulled and pulled["undrawn"] == [] and pulled == dvc_plots(origin, env), pulled.get("errors")
     assert dvc_status_clean(clone, env)
     assert planned_jobs(clone, env) == {}
 

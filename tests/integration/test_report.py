@@ -6,7 +6,7 @@ import pytest
 
 from browser import dump_dom, is_blank, screenshot
 from harness import run
-from hemaflow.grid import combos
+from hemaflow.train.grid import combos
 
 pytestmark = pytest.mark.integration
 

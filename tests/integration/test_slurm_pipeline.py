@@ -16,7 +16,7 @@ import pytest
 
 from dvc_roundtrip import assert_tree_identical
 from harness import LOCAL_RULES, copy_repo, planned_jobs
-from hemaflow.grid import combos
+from hemaflow.train.grid import combos
 from slurm_cluster import run_snakemake_on_slurm, sacct_states
 
 pytestmark = pytest.mark.integration

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hemaflow.adapters import image_id
-from hemaflow.synth import generate_cnmc_replica
+from hemaflow.data.adapters import image_id
+from hemaflow.data.synth import generate_cnmc_replica
 
 TINY = dict(
     seed=7,

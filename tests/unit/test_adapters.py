@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hemaflow.adapters import list_candidates
-from hemaflow.images import SKIP_REASONS
+from hemaflow.data.adapters import list_candidates
+from hemaflow.data.images import SKIP_REASONS
 
 REFERENCE_INDEX = Path(__file__).resolve().parents[3] / "shared/reference/cnmc-file-index.txt"
 BCCD = Path(__file__).resolve().parents[3] / "shared/data/bccd-wbc"

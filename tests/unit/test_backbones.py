@@ -13,8 +13,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from hemaflow.models import HEAD, build_model  # noqa: E402
-from hemaflow.train import train_combo, warm_up_head  # noqa: E402
+from hemaflow.train.models import HEAD, build_model  # noqa: E402
+from hemaflow.train.fit import warm_up_head  # noqa: E402
+
+from harness import fit  # noqa: E402
 
 SMALL = "mobilenetv3_small"
 
@@ -146,7 +148,7 @@ def test_two_phase_freezes_the_backbone_then_unfreezes_it(eager):
 
 def test_frozen_epochs_need_pretrained_weights(tmp_path):
     with pytest.raises(ValueError, match="train.fine_tune.frozen_epochs is 2 but train.weights is none"):
-        train_combo(
+        fit(
             {"model": SMALL}, train_records=[], val_records=[], channels=4, size=32, n_classes=2, max_epochs=1,
             patience=1, cyclic={}, class_counts={0: 1, 1: 1}, n_val=1, fine_tune={"frozen_epochs": 2, "lr_factor": 0.1},
             seed=1, out_dir=tmp_path,
@@ -155,10 +157,10 @@ def test_frozen_epochs_need_pretrained_weights(tmp_path):
 
 @pytest.mark.parametrize("name", [SMALL, "resnet50v2", "efficientnetv2_b0", "convnext_tiny"])
 def test_gradcam_reads_the_backbones_map_after_its_last_norm_and_activation(name):
-    from hemaflow import explain
+    from hemaflow.explain import gradcam as G
 
     model = build_model(name, (32, 32, 4), 2)
-    (layer,) = explain.feature_layers(model)
+    (layer,) = G.feature_layers(model)
     # the map global pooling takes: not a pre-activation conv (MobileNetV3 conv_1, EfficientNetV2
     # top_conv, ResNet50V2's last conv before its residual add and post-BN/ReLU)
     assert not isinstance(model.get_layer(layer), (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
@@ -166,5 +168,5 @@ def test_gradcam_reads_the_backbones_map_after_its_last_norm_and_activation(name
     assert model.get_layer(layer).output is gap.input and model.layers[model.layers.index(gap) - 1].name == layer
     if name != SMALL:
         return
-    heat = explain.gradcam(model, tiny_data(2)[0], np.array([0, 1]))
+    heat = G.gradcam(model, tiny_data(2)[0], np.array([0, 1]))
     assert heat.shape == (2, 32, 32) and np.isfinite(heat).all()

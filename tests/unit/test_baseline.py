@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 from skimage.draw import disk
 
-from hemaflow import baseline, records
-from hemaflow.evaluate import predict_baseline, prediction_frame
-from hemaflow.preprocess import aug_id
+from hemaflow.evaluate import baseline
+from hemaflow.augment import records
+from hemaflow.evaluate.score import predict_baseline, prediction_frame
+from hemaflow.augment.preprocess import aug_id
 
 SIZE = 48
 

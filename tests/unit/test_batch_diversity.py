@@ -11,8 +11,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from hemaflow.data import make_dataset  # noqa: E402
-from hemaflow.shards import build_shard, shard_of  # noqa: E402
+from hemaflow.train.input import make_dataset  # noqa: E402
+from hemaflow.augment.shards import build_shard, shard_of  # noqa: E402
 
 CELLS, SHARDS, BATCH = 1000, 4, 64
 AUGMENT = dict(rotations=36, mirror=True, random_copies=0)

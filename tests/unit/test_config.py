@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hemaflow import evaluate, manifest, splits
+from hemaflow.evaluate import score as evaluate
+from hemaflow.data import manifest
+from hemaflow.data import splits
 from hemaflow.config import (
     ParamsError,
     check_config_file,
@@ -45,7 +47,8 @@ def test_a_key_left_out_gets_its_schema_default_nested_sections_included(params)
     assert config["train"]["patience"] == 5
     assert config["train"]["cyclic"] == {"step_size": 4, "scale": 4, "start_at": "max"}
     assert config["train"]["grid"]["dropout"] == [0.25]
-    assert config["evaluate"] == {"rank_by": "balanced_accuracy"}
+    assert config["evaluate"] == {"rank_by": "balanced_accuracy", "bootstrap": 1000, "ci": 0.95, "calibrate": "none",
+                                  "ece_bins": 15}
     assert config["synthetic"]["holdout_patients"] == {"all": 5, "hem": 3}
     assert "patience" not in params["train"]  # the caller's dict is left alone
 
@@ -220,21 +223,23 @@ def test_nested_cli_values_get_yaml_types_and_top_level_ones_stay():
 # Library keyword defaults that mirror a params default (conveniences for callers outside the
 # workflow, which always passes the config's value): they must say what the schema says.
 MIRRORED = [
-    ("hemaflow.preprocess", "prepare_source", "background", ("preprocess", "background")),
-    ("hemaflow.preprocess", "prepare_source", "size", ("preprocess", "size")),
-    ("hemaflow.preprocess", "prepare_source", "crop_to_content", ("preprocess", "crop_to_content")),
-    ("hemaflow.preprocess", "prepare_source", "pad_square", ("preprocess", "pad_square")),
-    ("hemaflow.preprocess", "prepare_source", "filter", ("preprocess", "filter")),
-    ("hemaflow.preprocess", "prepare_source", "fill", ("augment", "fill")),
-    ("hemaflow.splits", "assign_splits", "ratios", ("split", "ratios")),
-    ("hemaflow.splits", "assign_splits", "use_dataset_folds", ("split", "use_dataset_folds")),
-    ("hemaflow.splits", "assign_splits", "val_fold", ("split", "val_fold")),
-    ("hemaflow.images", "load_rgb", "max_pixels", ("data", "max_pixels")),
-    ("hemaflow.ingest", "build_sources", "strict", ("data", "strict")),
-    ("hemaflow.models", "build_model", "dropout", ("train", "grid", "dropout", 0)),
-    ("hemaflow.train", "train_combo", "class_weight", ("train", "class_weight")),
-    ("hemaflow.models", "build_model", "weights", ("train", "weights")),
-    ("hemaflow.train", "train_combo", "weights", ("train", "weights")),
+    ("hemaflow.augment.preprocess", "prepare_source", "background", ("preprocess", "background")),
+    ("hemaflow.augment.preprocess", "prepare_source", "size", ("preprocess", "size")),
+    ("hemaflow.augment.preprocess", "prepare_source", "crop_to_content", ("preprocess", "crop_to_content")),
+    ("hemaflow.augment.preprocess", "prepare_source", "pad_square", ("preprocess", "pad_square")),
+    ("hemaflow.augment.preprocess", "prepare_source", "filter", ("preprocess", "filter")),
+    ("hemaflow.augment.preprocess", "prepare_source", "fill", ("augment", "fill")),
+    ("hemaflow.data.splits", "assign_splits", "ratios", ("split", "ratios")),
+    ("hemaflow.data.splits", "assign_splits", "use_dataset_folds", ("split", "use_dataset_folds")),
+    ("hemaflow.data.splits", "assign_splits", "val_fold", ("split", "val_fold")),
+    ("hemaflow.data.images", "load_rgb", "max_pixels", ("data", "max_pixels")),
+    ("hemaflow.data.ingest", "build_sources", "strict", ("data", "strict")),
+    ("hemaflow.train.models", "build_model", "dropout", ("train", "grid", "dropout", 0)),
+    ("hemaflow.train.models", "build_model", "weights", ("train", "weights")),
+    ("hemaflow.evaluate.score", "evaluate_predictions", "bootstrap", ("evaluate", "bootstrap")),
+    ("hemaflow.evaluate.score", "evaluate_predictions", "confidence", ("evaluate", "ci")),
+    ("hemaflow.evaluate.score", "evaluate_predictions", "calibrate", ("evaluate", "calibrate")),
+    ("hemaflow.evaluate.score", "evaluate_predictions", "ece_bins", ("evaluate", "ece_bins")),
 ]
 
 
@@ -245,3 +250,21 @@ def test_library_keyword_defaults_agree_with_the_schema(module, function, argume
     for step in path:
         expected = expected[step]
     assert (list(default) if isinstance(default, tuple) else default) == expected
+
+
+def test_train_settings_are_schema_keys_and_take_their_defaults_from_it_alone():
+    """TrainSettings has no defaults of its own: built from the validated config, it holds the
+    schema's; a section that was never validated is refused by name."""
+    import dataclasses
+
+    from hemaflow.train.settings import TrainSettings
+
+    train_schema = load_schema(SCHEMA)["properties"]["train"]["properties"]
+    fields = dataclasses.fields(TrainSettings)
+    assert {f.name for f in fields} <= set(train_schema)
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
+    train = with_defaults({}, load_schema(SCHEMA))["train"]
+    settings = TrainSettings.from_config(train)
+    assert {f.name: getattr(settings, f.name) for f in fields} == {f.name: train[f.name] for f in fields}
+    with pytest.raises(KeyError, match="patience"):
+        TrainSettings.from_config({k: v for k, v in train.items() if k != "patience"})

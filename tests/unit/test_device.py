@@ -11,8 +11,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from hemaflow.models import HEAD, build_model  # noqa: E402
-from hemaflow.train import use_device  # noqa: E402
+from hemaflow.train.models import HEAD, build_model  # noqa: E402
+from hemaflow.train.device import use_device  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +23,7 @@ def float32_afterwards():
 
 @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="a GPU is visible (make setup GPU=1): no fall-back to test")
 def test_gpu_settings_on_a_cpu_only_machine_fall_back_to_float32_on_the_cpu(caplog):
-    with caplog.at_level(logging.INFO, logger="hemaflow.train"):
+    with caplog.at_level(logging.INFO, logger="hemaflow.train.device"):
         chosen = use_device("gpu", True)
     assert (chosen["device"], chosen["precision"]) == ("CPU:0", "float32")
     assert "make setup GPU=1" in chosen["device_note"]

@@ -8,9 +8,12 @@ import pytest  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from hemaflow import explain  # noqa: E402
-from hemaflow.explain import gradcam  # noqa: E402
-from hemaflow.models import REGISTRY, build_model  # noqa: E402
+from hemaflow import models_io  # noqa: E402
+from hemaflow.explain import gradcam as G  # noqa: E402
+from hemaflow.explain import lime as L  # noqa: E402
+from hemaflow.explain import run as explain  # noqa: E402
+from hemaflow.explain.gradcam import gradcam  # noqa: E402
+from hemaflow.train.models import REGISTRY, build_model  # noqa: E402
 
 SIDE = 16
 SQUARE = (slice(2, 8), slice(2, 8))  # the bright square, top left
@@ -55,10 +58,10 @@ def in_square(heat: np.ndarray) -> np.ndarray:
 def test_class_scores_turn_one_sigmoid_into_two_columns_and_batch_like_one_by_one():
     model = square_detector()
     images = np.stack([bright_square(), np.zeros((SIDE, SIDE, 3), np.float32), bright_square() * 0.6])
-    scores = explain.class_scores(model, images, batch_size=2)
+    scores = models_io.class_scores(model, images, batch_size=2)
     p = model.predict_on_batch(images)[:, 0]
     np.testing.assert_allclose(scores, np.column_stack([1 - p, p]), atol=1e-6)
-    one_by_one = np.concatenate([explain.class_scores(model, im[None]) for im in images])
+    one_by_one = np.concatenate([models_io.class_scores(model, im[None]) for im in images])
     np.testing.assert_allclose(scores, one_by_one, atol=1e-6)
     assert scores.argmax(1).tolist() == [1, 0, 1]
 
@@ -66,7 +69,7 @@ def test_class_scores_turn_one_sigmoid_into_two_columns_and_batch_like_one_by_on
 def test_class_scores_keep_softmax_columns():
     model = square_detector("softmax")
     images = np.stack([bright_square(), np.zeros((SIDE, SIDE, 3), np.float32)])
-    scores = explain.class_scores(model, images)
+    scores = models_io.class_scores(model, images)
     np.testing.assert_allclose(scores, model.predict_on_batch(images), atol=1e-6)
     assert scores.argmax(1).tolist() == [1, 0]
 
@@ -78,8 +81,8 @@ def test_class_scores_keep_softmax_columns():
 def test_gradcam_is_highest_on_the_square_for_class_1_and_elsewhere_for_class_0(head):
     model = square_detector(head)
     image = bright_square()[None]
-    heat1 = explain.gradcam(model, image, np.array([1]))[0]
-    heat0 = explain.gradcam(model, image, np.array([0]))[0]
+    heat1 = G.gradcam(model, image, np.array([1]))[0]
+    heat0 = G.gradcam(model, image, np.array([0]))[0]
     assert heat1.shape == (SIDE, SIDE)
     assert heat1.min() >= 0 and heat1.max() == pytest.approx(1.0)
     mask = in_square(heat1)
@@ -93,17 +96,17 @@ def test_gradcam_of_a_batch_explains_each_image_with_its_own_class():
     shifted = np.zeros((SIDE, SIDE, 3), np.float32)
     shifted[9:15, 9:15] = 1.0
     images = np.stack([bright_square(), shifted])
-    batch = explain.gradcam(model, images, np.array([1, 0]))
-    np.testing.assert_allclose(batch[0], explain.gradcam(model, images[:1], np.array([1]))[0], atol=1e-6)
-    np.testing.assert_allclose(batch[1], explain.gradcam(model, images[1:], np.array([0]))[0], atol=1e-6)
+    batch = G.gradcam(model, images, np.array([1, 0]))
+    np.testing.assert_allclose(batch[0], G.gradcam(model, images[:1], np.array([1]))[0], atol=1e-6)
+    np.testing.assert_allclose(batch[1], G.gradcam(model, images[1:], np.array([0]))[0], atol=1e-6)
     assert batch[0][SQUARE].mean() > 0.9 and batch[1][9:15, 9:15].max() < 0.1
 
 
 def test_gradcam_reads_the_map_before_pooling_and_needs_one():
-    assert explain.feature_layers(square_detector()) == ["detect"]
+    assert G.feature_layers(square_detector()) == ["detect"]
     dense_only = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="no spatial map before a global pooling"):
-        explain.feature_layers(dense_only)
+        G.feature_layers(dense_only)
 
 
 def two_branch_square_detector() -> keras.Model:
@@ -123,8 +126,8 @@ def two_branch_square_detector() -> keras.Model:
 
 def test_gradcam_of_a_multi_branch_model_shows_every_branch():
     model = two_branch_square_detector()
-    assert explain.feature_layers(model) == ["full", "half"]
-    heat = explain.gradcam(model, bright_square()[None], np.array([1]))[0]
+    assert G.feature_layers(model) == ["full", "half"]
+    heat = G.gradcam(model, bright_square()[None], np.array([1]))[0]
     mask = in_square(heat)
     assert heat[mask].mean() > 0.9 and heat[~mask].max() < 0.1  # the full-resolution branch's square
 
@@ -140,7 +143,7 @@ def test_gradcam_under_mixed_precision_built_and_loaded(name, tmp_path):
         keras.mixed_precision.set_global_policy("float32")
     x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
     for m in (model, loaded):
-        assert m.get_layer(explain.feature_layers(m)[0]).compute_dtype == "float16"
+        assert m.get_layer(G.feature_layers(m)[0]).compute_dtype == "float16"
         heat = gradcam(m, x, np.array([1, 0]))
         assert heat.shape == (2, 32, 32) and np.isfinite(heat).all() and 0 <= heat.min() <= heat.max() <= 1
 
@@ -153,10 +156,10 @@ def test_overlay_composites_alpha_on_black_and_colours_the_heat():
     rgba[..., :3] = 200
     rgba[SQUARE + (3,)] = 255  # only the square is opaque
     heat = np.zeros((SIDE, SIDE))
-    out = explain.overlay(rgba, heat, alpha=0.0)
+    out = G.overlay(rgba, heat, alpha=0.0)
     assert out.dtype == np.uint8 and out.shape == (SIDE, SIDE, 3)
     assert (out[SQUARE] == 200).all() and (out[~in_square(heat)] == 0).all()
-    hot = explain.overlay(rgba, np.ones((4, 4)), alpha=1.0)  # heat resized to the image
+    hot = G.overlay(rgba, np.ones((4, 4)), alpha=1.0)  # heat resized to the image
     assert (hot == hot[0, 0]).all() and hot[0, 0, 0] > hot[0, 0, 2]  # jet at 1.0 is red
 
 
@@ -183,39 +186,39 @@ def detector():
     return square_detector(side=BIG, dark=0.0, bias=-1.0)
 
 
-def square_segment(expl: explain.LimeExplanation) -> int:
+def square_segment(expl: L.LimeExplanation) -> int:
     ids, counts = np.unique(expl.segments[2:12, 2:12], return_counts=True)
     return int(ids[counts.argmax()])
 
 
 def test_lime_explains_the_predicted_class_and_finds_the_square(detector):
     image = patches()
-    assert explain.class_scores(detector, image[None]).argmax() == 1
-    expl = explain.lime_explain(detector, image, seed=0, num_samples=80)
+    assert models_io.class_scores(detector, image[None]).argmax() == 1
+    expl = L.lime_explain(detector, image, seed=0, num_samples=80)
     # seed 003 explained class 0 whatever the prediction: then the label would be 0 and the
     # square, which argues for class 1, would get the most negative weight
     assert expl.label == 1
-    assert expl.probability == pytest.approx(explain.class_scores(detector, image[None])[0, 1])
+    assert expl.probability == pytest.approx(models_io.class_scores(detector, image[None])[0, 1])
     assert expl.segments.shape == (BIG, BIG) and len(expl.weights) == expl.segments.max() + 1 >= 3
     assert expl.ranking()[0] == square_segment(expl) and expl.weights[square_segment(expl)] > 0.2
     heat = expl.heat()
     assert heat[5, 5] == 1.0 and heat.min() >= 0.0
-    dark = explain.lime_explain(detector, patches(square_at=None), seed=0, num_samples=80)
+    dark = L.lime_explain(detector, patches(square_at=None), seed=0, num_samples=80)
     assert dark.label == 0  # nothing bright: class 0 predicted, and that is what is explained
 
 
 def test_lime_is_reproducible_with_its_seed(detector):
-    a = explain.lime_explain(detector, patches(), seed=3, num_samples=40)
-    b = explain.lime_explain(detector, patches(), seed=3, num_samples=40)
-    c = explain.lime_explain(detector, patches(), seed=4, num_samples=40)
+    a = L.lime_explain(detector, patches(), seed=3, num_samples=40)
+    b = L.lime_explain(detector, patches(), seed=3, num_samples=40)
+    c = L.lime_explain(detector, patches(), seed=4, num_samples=40)
     np.testing.assert_array_equal(a.weights, b.weights)
     np.testing.assert_array_equal(a.segments, b.segments)
     assert not np.allclose(a.weights, c.weights)  # the seed does drive the perturbations
 
 
 def test_lime_in_batches_agrees_with_one_by_one(detector):
-    batched = explain.lime_explain(detector, patches(), seed=5, num_samples=40, batch_size=40)
-    single = explain.lime_explain(detector, patches(), seed=5, num_samples=40, batch_size=1)
+    batched = L.lime_explain(detector, patches(), seed=5, num_samples=40, batch_size=40)
+    single = L.lime_explain(detector, patches(), seed=5, num_samples=40, batch_size=1)
     np.testing.assert_allclose(batched.weights, single.weights, atol=1e-5)
     assert batched.intercept == pytest.approx(single.intercept, abs=1e-5)
 
@@ -227,15 +230,15 @@ def test_sufficiency_keeps_the_same_images_for_every_n_and_beats_random(detector
     corners = [(2, 2), (3, 3), (2, 4), (4, 2), (3, 2), (2, 3)]
     images = np.stack([patches(c) for c in corners] + [patches(None)] * 2)
     labels = np.array([1] * len(corners) + [0, 0])
-    expls = [explain.lime_explain(detector, im, seed=0, num_samples=60) for im in images]
+    expls = [L.lime_explain(detector, im, seed=0, num_samples=60) for im in images]
     ns = [1, 2, 50]  # 50 is more superpixels than any image has
-    table = explain.sufficiency(detector, images, labels, expls, ns, class_names=["dark", "bright"], seed=0)
-    again = explain.sufficiency(detector, images, labels, expls, ns, class_names=["dark", "bright"], seed=0)
+    table = L.sufficiency(detector, images, labels, expls, ns, class_names=["dark", "bright"], seed=0)
+    again = L.sufficiency(detector, images, labels, expls, ns, class_names=["dark", "bright"], seed=0)
     pd.testing.assert_frame_equal(table, again)
-    overall = table[table["class"] == explain.OVERALL].set_index(["method", "n"])
+    overall = table[table["class"] == L.OVERALL].set_index(["method", "n"])
     # seed 003 dropped images with fewer superpixels than n: here every n scores all 8
     assert (overall["images"] == len(images)).all()
-    assert set(table["class"]) == {explain.OVERALL, "dark", "bright"}
+    assert set(table["class"]) == {L.OVERALL, "dark", "bright"}
     by = table.set_index(["method", "n", "class"])
     # the top superpixel of a bright image is its square: alone on black it still reads "bright"
     assert by.loc[("lime", 1, "bright"), "accuracy"] == 1.0
@@ -259,7 +262,7 @@ def test_sufficiency_keeps_the_same_images_for_every_n_and_beats_random(detector
 def test_keep_superpixels_fills_the_rest():
     img = np.ones((2, 3, 4), np.float32)
     segments = np.array([[0, 1, 2], [2, 1, 0]])
-    out = explain.keep_superpixels(img, segments, [1], fill=0.0)
+    out = L.keep_superpixels(img, segments, [1], fill=0.0)
     assert out[..., 3].tolist() == [[0, 1, 0], [0, 1, 0]]  # hidden pixels transparent black
 
 
@@ -284,8 +287,8 @@ def test_choose_cells_samples_each_class_and_kind_reproducibly():
 
 
 def test_load_images_reads_the_deterministic_record_of_each_cell(tmp_path):
-    from hemaflow import records
-    from hemaflow.shards import encode_png
+    from hemaflow.augment import records
+    from hemaflow.augment.shards import encode_png
 
     rng = np.random.default_rng(0)
     imgs = {name: rng.integers(0, 256, (8, 8, 4), dtype=np.uint8) for name in ("a0", "a1", "b0")}
@@ -307,7 +310,7 @@ def test_explain_model_writes_overlays_table_and_sufficiency(detector, tmp_path,
     x = [patches(c) for c in corners] + [patches(None)] * 2
     images = {f"c{k}": np.round(im * 255).astype(np.uint8) for k, im in enumerate(x)}
     labels = [1, 1, 1, 0, 0, 1]  # c0-c3 show the square (predicted bright): c3 and c5 are misclassified
-    p1 = explain.class_scores(detector, np.stack(x))[:, 1]
+    p1 = models_io.class_scores(detector, np.stack(x))[:, 1]
     predictions = pd.DataFrame({"image_id": list(images), "split": ["test"] * 5 + ["val"], "patient_id": "P",
                                 "label": np.array(["dark", "bright"])[labels], "label_index": labels,
                                 "p_0": 1 - p1, "p_1": p1, "predicted": (p1 > 0.5).astype(int)})
@@ -332,9 +335,9 @@ def test_explain_model_writes_overlays_table_and_sufficiency(detector, tmp_path,
     titles = [f._suptitle.get_text() for f in closed if f._suptitle is not None]
     assert any("true: dark · predicted: bright (p = " in t for t in titles)
     table = pd.read_csv(out["sufficiency"])
-    assert (table["images"][table["class"] == explain.OVERALL] == 6).all()  # every cell of the sample, at every n
+    assert (table["images"][table["class"] == L.OVERALL] == 6).all()  # every cell of the sample, at every n
     panels = closed[-1].axes  # rows accuracy, same prediction, precision; a column per class
-    lime_line = table[(table["class"] == explain.OVERALL) & (table["method"] == "lime")]
+    lime_line = table[(table["class"] == L.OVERALL) & (table["method"] == "lime")]
     n_classes = table["class"].nunique()
     assert len(panels) == 3 * n_classes
     for k, measure in enumerate(["accuracy", "kept_prediction", "precision"]):

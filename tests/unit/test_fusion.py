@@ -12,11 +12,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from hemaflow import cbc, fusion  # noqa: E402
-from hemaflow.evaluate import predict  # noqa: E402
-from hemaflow.models import REGISTRY  # noqa: E402
-from hemaflow.records import encode_example, write_records  # noqa: E402
-from hemaflow.train import train_combo  # noqa: E402
+from hemaflow.data import cbc
+from hemaflow import models_io  # noqa: E402
+from hemaflow.train import fusion  # noqa: E402
+from hemaflow.evaluate.score import predict  # noqa: E402
+from hemaflow.train.models import REGISTRY  # noqa: E402
+from hemaflow.augment.records import encode_example, write_records  # noqa: E402
+from harness import fit  # noqa: E402
 
 SIZE = 32
 # patient -> (split, label, cells); P7 is not in the sheet, X99 is in the sheet without cells
@@ -73,7 +75,7 @@ def write_shards(root, augmented, seed=0):
 
 def test_sheet_join_missing_patients_extra_patients_and_missing_values(tmp_path):
     sources, splits, augmented = manifests()
-    inputs = fusion.prepare(write_sheet(tmp_path / "s.csv"), sources, splits, augmented)
+    inputs = fusion.cbc_inputs(write_sheet(tmp_path / "s.csv"), sources, splits, augmented)
     v = inputs.values
     assert list(v.columns) == ["wbc", "haemoglobin", "platelets"]  # CBC columns of the sheet, in CBC order
     assert list(v.index) == list(augmented["aug_id"])  # every record, nothing for X99
@@ -85,7 +87,7 @@ def test_sheet_join_missing_patients_extra_patients_and_missing_values(tmp_path)
 
 def test_standardisation_uses_training_patients_once_each(tmp_path):
     sources, splits, augmented = manifests()
-    stats = fusion.prepare(write_sheet(tmp_path / "s.csv", leak=True), sources, splits, augmented).stats
+    stats = fusion.cbc_inputs(write_sheet(tmp_path / "s.csv", leak=True), sources, splits, augmented).stats
     train = [f"P{i}" for i in range(7)]  # P7 is a training patient missing from the sheet
     platelets = [250.0 + 10 * (i // 2 % 4) for i in range(7)]
     assert stats.n_patients == 7 and stats.columns == ("wbc", "haemoglobin", "platelets")
@@ -142,7 +144,7 @@ def test_no_training_patient_in_the_sheet_or_an_empty_column_is_an_error(tmp_pat
 def test_every_zoo_model_fuses_and_trains_a_step(name):
     stats = cbc.Standardisation(("wbc", "rbc"), (7.0, 4.5), (2.0, 0.5), 5)
     model = fusion.build_fused_model(name, (36, 36, 3), 3, 0.25, stats)
-    assert fusion.is_fused(model) and model.output_shape == (None, 3)
+    assert models_io.takes_cbc(model) and model.output_shape == (None, 3)
     # the blood count (2 values + 2 indicators) enters the classification layer next to the image features
     head = model.get_layer("dense_final")
     image_features = model.get_layer("image_cbc").input[0].shape[-1]
@@ -166,9 +168,9 @@ def fused_run(tmp_path_factory):
     sources, splits, augmented = manifests()
     sheet = write_sheet(root / "sheet.csv")
     shards = write_shards(root / "shards", augmented)
-    inputs = fusion.prepare(sheet, sources, splits, augmented)
+    inputs = fusion.cbc_inputs(sheet, sources, splits, augmented)
     train = augmented[augmented["split"] == "train"]
-    info = train_combo(
+    info = fit(
         COMBO, train_records=shards["train"], val_records=shards["val"], channels=4, size=SIZE, n_classes=2,
         max_epochs=10, patience=10, cyclic={"step_size": 2, "scale": 4, "start_at": "max"}, seed=3,
         class_counts=train["label_index"].value_counts().to_dict(), n_val=int((augmented["split"] == "val").sum()),
@@ -179,7 +181,7 @@ def fused_run(tmp_path_factory):
 
 def test_training_a_fused_combo_saves_the_statistics_with_the_model(fused_run):
     root, _, _, _, info = fused_run
-    model = fusion.load_model(root / "model/model.keras")
+    model = models_io.load_model(root / "model/model.keras")
     layer = model.get_layer("cbc_standardise")
     assert info["cbc"]["columns"] == layer.columns == ["wbc", "haemoglobin", "platelets"]
     assert info["cbc"]["mean"] == pytest.approx(layer.mean) and info["cbc"]["std"] == pytest.approx(layer.std)
@@ -188,7 +190,7 @@ def test_training_a_fused_combo_saves_the_statistics_with_the_model(fused_run):
 
 def test_evaluation_feeds_each_record_its_patients_blood_count(fused_run, tmp_path):
     root, sources, augmented, shards, _ = fused_run
-    model = fusion.load_model(root / "model/model.keras")
+    model = models_io.load_model(root / "model/model.keras")
     records = shards["val"] + shards["test"]
 
     def p_all(sheet):

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hemaflow.grid import check_patient_sheet, combos, is_fused, prune_stale
+from hemaflow.train.grid import check_patient_sheet, combos, is_fused, prune_stale
 
 GRID = {
     "model": ["model_1", "breen_cnn"],
@@ -125,3 +125,29 @@ def test_fusion_errors_name_the_key_and_the_fix():
         check_patient_sheet(fused, None)
     check_patient_sheet(fused, "sheet.csv")
     check_patient_sheet(combos(params(), seed=1), None)  # image-only grids need no sheet
+
+
+def test_the_schema_defaults_give_the_same_combination_and_ids_as_before_the_new_options():
+    """AdamW, the cosine and one-cycle policies and label smoothing are off by default: the default
+    grid is still one combination (and its blood-count twin) with the id it always had."""
+    from hemaflow.config import load_schema, with_defaults
+
+    train = with_defaults({}, load_schema(Path(__file__).parents[2] / "workflow/schemas/params.schema.yaml"))["train"]
+    assert combos(train, seed=2019) == {
+        "model_1_adam_lr1e-03_constant_bs64": {"model": "model_1", "optimizer": "adam", "lr": 0.001,
+                                               "lr_policy": "constant", "batch_size": 64, "dropout": 0.25},
+        "model_1_adam_lr1e-03_constant_bs64_cbc": {"model": "model_1", "optimizer": "adam", "lr": 0.001,
+                                                   "lr_policy": "constant", "batch_size": 64, "dropout": 0.25,
+                                                   "inputs": "image+cbc"},
+    }  # fmt: skip
+    assert train["label_smoothing"] == 0
+
+
+def test_new_optimizer_and_policies_read_in_the_id_and_leave_the_others_alone():
+    grid = params(model=["cell_resnet"], optimizer=["adam", "adamw"], lr=[0.002], lr_policy=["constant", "cosine", "onecycle"])
+    out = combos(grid, seed=1)
+    assert list(out) == [
+        "cell_resnet_adam_lr2e-03_constant_bs64", "cell_resnet_adam_lr2e-03_cosine_bs64",
+        "cell_resnet_adam_lr2e-03_onecycle_bs64", "cell_resnet_adamw_lr2e-03_constant_bs64",
+        "cell_resnet_adamw_lr2e-03_cosine_bs64", "cell_resnet_adamw_lr2e-03_onecycle_bs64",
+    ]  # fmt: skip

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import hemaflow.ingest as ingest
-from hemaflow.adapters import list_candidates
-from hemaflow.images import REASONS
-from hemaflow.ingest import SOURCE_COLUMNS, build_sources, summary
-from hemaflow.manifest import ManifestError, read_manifest, write_manifest
+import hemaflow.data.ingest as ingest
+from hemaflow.data.adapters import list_candidates
+from hemaflow.data.images import REASONS
+from hemaflow.data.ingest import SOURCE_COLUMNS, build_sources, summary
+from hemaflow.data.manifest import ManifestError, read_manifest, write_manifest
 
 RNG = np.random.default_rng(0)
 COLOUR = RNG.integers(1, 255, (6, 5, 3), dtype=np.uint8)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hemaflow.adapters import list_candidates
-from hemaflow.images import ImageRejected, load_rgb
-from hemaflow.ingest import FIRST_FILES, build_sources, summary
-from hemaflow.splits import assign_splits
+from hemaflow.data.adapters import list_candidates
+from hemaflow.data.images import ImageRejected, load_rgb
+from hemaflow.data.ingest import FIRST_FILES, build_sources, summary
+from hemaflow.data.splits import assign_splits
 
 BCCD = Path(__file__).resolve().parents[3] / "shared/data/bccd-wbc"
 

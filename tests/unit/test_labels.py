@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from hemaflow.adapters import check_positive_class, known_classes, list_candidates, similar_labels
-from hemaflow.ingest import build_sources, summary
-from hemaflow.manifest import read_classes, write_classes
+from hemaflow.data.adapters import check_positive_class, known_classes, list_candidates, similar_labels
+from hemaflow.data.ingest import build_sources, summary
+from hemaflow.data.manifest import read_classes, write_classes
 
 
 def png(seed: int) -> bytes:

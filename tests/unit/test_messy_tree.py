@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from hemaflow.adapters import list_candidates
-from hemaflow.ingest import build_sources, summary
-from hemaflow.manifest import write_manifest
-from hemaflow.splits import assign_splits
+from hemaflow.data.adapters import list_candidates
+from hemaflow.data.ingest import build_sources, summary
+from hemaflow.data.manifest import write_manifest
+from hemaflow.data.splits import assign_splits
 
 RNG = np.random.default_rng(3)
 

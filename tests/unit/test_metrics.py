@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from hemaflow import metrics
+from hemaflow.evaluate import metrics
 
 NAMES = ["hem", "all"]  # C-NMC convention: hem = 0, all = 1 (positive)
 

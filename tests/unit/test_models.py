@@ -5,7 +5,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
-from hemaflow.models import REGISTRY, build_model  # noqa: E402
+from hemaflow.train.models import REGISTRY, build_model  # noqa: E402
 
 # Seed 000, section "network architectures": trainable parameters at (256, 256, 4), 2 classes.
 PAPER_PARAMS = {"model_1": 1_376_545, "model_2": 1_287_729, "model_4": 3_139_937, "model_5": 2_963_169}
@@ -64,7 +64,7 @@ def test_dropout_argument_sets_every_dropout_layer(name):
         return
     rates = [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
     assert all(r == 0.4 for r in rates)
-    assert bool(rates) == (name in {"model_1", "model_2", "model_4", "model_5", "alexnet", "matek_cnn"})
+    assert bool(rates) == (name in {"model_1", "model_2", "model_4", "model_5", "alexnet", "matek_cnn", "cell_resnet"})
 
 
 def test_alexnet_keeps_the_original_stem_for_large_inputs():
@@ -76,3 +76,32 @@ def test_alexnet_keeps_the_original_stem_for_large_inputs():
 def test_unknown_model_names_the_known_ones():
     with pytest.raises(ValueError, match="train.grid.model.*model_1"):
         build_model("resnet", (48, 48, 3), 2)
+
+
+def test_cell_resnet_trains_a_step_and_grad_cam_reads_its_last_map():
+    """hemaflow's small ResNet: BatchNorm residual blocks at 32/64/128 filters, a training step
+    changes its weights and moves BatchNorm's statistics, and Grad-CAM's layer is the last 4-D map
+    (the last block's output, 1/8 of the input side)."""
+    import numpy as np
+
+    from hemaflow.explain.gradcam import feature_layers
+
+    model = build_model("cell_resnet", (48, 48, 3), 4, dropout=0.25)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    adds = [layer for layer in model.layers if isinstance(layer, keras.layers.Add)]
+    assert len(adds) == 6 and len(norms) == 1 + 6 * 2 + 2  # stem, 2 per block, 2 projections
+    assert [model.get_layer(f"res{s}b_out").output.shape[-1] for s in (1, 2, 3)] == [32, 64, 128]
+    spatial = [layer.name for layer in model.layers if len(layer.output.shape) == 4]
+    assert feature_layers(model) == [spatial[-1]] == ["res3b_out"]
+    assert model.get_layer("res3b_out").output.shape[1:3] == (6, 6)
+
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 48, 48, 3), dtype=np.float32)
+    y = keras.utils.to_categorical(rng.integers(0, 4, 8), 4)
+    before = [w.copy() for w in model.get_weights()]
+    loss = float(model.train_on_batch(x, y))
+    assert np.isfinite(loss)
+    changed = [not np.array_equal(a, b) for a, b in zip(before, model.get_weights())]
+    assert all(changed[i] for i, v in enumerate(model.weights) if "moving_mean" in v.path)
+    assert sum(changed) > len(changed) // 2

@@ -15,11 +15,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from hemaflow import model_params  # noqa: E402
-from hemaflow import predict as P  # noqa: E402
-from hemaflow.evaluate import predict as evaluate_predict  # noqa: E402
-from hemaflow.records import iter_records  # noqa: E402
-from hemaflow.shards import build_shard  # noqa: E402
+from hemaflow.train import model_params  # noqa: E402
+from hemaflow.predict import inputs as I  # noqa: E402
+from hemaflow.predict import model as M  # noqa: E402
+from hemaflow.predict import run as P  # noqa: E402
+from hemaflow.evaluate.score import predict as evaluate_predict  # noqa: E402
+from hemaflow.augment.records import iter_records  # noqa: E402
+from hemaflow.augment.shards import build_shard  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PREPROCESS = dict(background="alpha", size=32, crop_to_content=True, pad_square=True, filter="none")
@@ -32,7 +34,7 @@ def project(replica, tmp_path_factory):
     evaluation metrics.json whose validation threshold is 0.5, plus a val shard of 8 cells."""
     import keras
 
-    from hemaflow.models import build_model
+    from hemaflow.train.models import build_model
 
     root = tmp_path_factory.mktemp("project")
     model_dir = root / "results/models/tiny"
@@ -56,7 +58,7 @@ def project(replica, tmp_path_factory):
 
 def test_model_input_equals_the_shards_deterministic_record(project, replica):
     root, files, rows = project
-    model = P.load_model("tiny", root)
+    model = M.open_model("tiny", root)
     records = {aid.split("-")[0]: img for img, _, aid in iter_records([root / "val.tfrecord"], 4)}
     for f, image_id in zip(files, rows["image_id"]):
         x = P.model_input(P.load_rgb(f)[0], model.params)
@@ -66,7 +68,7 @@ def test_model_input_equals_the_shards_deterministic_record(project, replica):
 
 def test_probabilities_equal_evaluates(project):
     root, files, rows = project
-    model = P.load_model("tiny", root)
+    model = M.open_model("tiny", root)
     table, _ = P.predict_files(model, files, batch_size=3, say=lambda _: None)
     ours = table[["p_hem", "p_all"]].to_numpy()
     theirs = evaluate_predict(model.keras_model, [root / "val.tfrecord"], channels=4)
@@ -83,7 +85,7 @@ def test_predict_uses_the_models_recorded_preprocessing_not_the_defaults(project
     shutil.copytree(root / "results/models/tiny", other)
     natural = {**PREPROCESS, "background": "natural", "size": 24}
     model_params.record(other / "preprocess.json", preprocess=natural, channels=3, classes=["hem", "all"])
-    model = P.Model(None, "nat", other / "model.keras", model_params.load(other), {}, None)
+    model = M.Model(None, "nat", other / "model.keras", model_params.load(other), {}, None)
     assert P.model_input(P.load_rgb(files[0])[0], model.params).shape == (24, 24, 3)
 
 
@@ -119,7 +121,7 @@ def test_bad_inputs_are_quarantined_with_reasons_and_the_rest_predicted(project,
 def test_patients_from_names_and_the_decision_uses_the_validation_threshold(project, tmp_path):
     root, files, _ = project
     sheet = tmp_path / "patients.csv"
-    pids = sorted({P.cell_patients([f])[0] for f in files})
+    pids = sorted({I.cell_patients([f])[0] for f in files})
     pd.DataFrame({"patient_id": pids, "name": [f"Person {p}" for p in pids], "age": 40, "sex": "F",
                   "sample_date": "2026-11-30", "wbc": 7.1}).to_csv(sheet, index=False)
     P.run(files, model="tiny", project=root, out_dir=tmp_path / "a", patients=sheet, reports=False, say=lambda _: None)
@@ -148,25 +150,25 @@ def test_patients_from_names_and_the_decision_uses_the_validation_threshold(proj
 
 
 def test_cnmc_holdout_folder_gets_patients_from_its_labels_csv(replica):
-    files, _ = P.list_inputs([replica / PRELIM])
+    files, _ = I.list_inputs([replica / PRELIM])
     labels = pd.read_csv(replica / f"{PRELIM}_labels.csv")
     expected = {n: p.split("_")[1].upper() for n, p in zip(labels["new_names"], labels["Patient_ID"])}
     assert [f.name for f in files] and all(f.name[0].isdigit() for f in files)  # renamed 1..N: no patient in the name
-    assert P.cell_patients(files) == [expected[f.name] for f in files]
+    assert I.cell_patients(files) == [expected[f.name] for f in files]
 
 
 def test_cell_sheet_and_regex_give_patients(tmp_path):
     files = [tmp_path / "p7-cell1.png", tmp_path / "p8-cell2.png"]
-    assert P.cell_patients(files, regex=r"^(?P<patient>p\d+)-") == ["p7", "p8"]
+    assert I.cell_patients(files, regex=r"^(?P<patient>p\d+)-") == ["p7", "p8"]
     sheet = tmp_path / "cells.csv"
     pd.DataFrame({"file": ["p7-cell1.png"], "patient_id": ["X1"]}).to_csv(sheet, index=False)
-    assert P.cell_patients(files, regex=r"^(?P<patient>p\d+)-", cells=sheet) == ["X1", "p8"]
+    assert I.cell_patients(files, regex=r"^(?P<patient>p\d+)-", cells=sheet) == ["X1", "p8"]
     with pytest.raises(ValueError, match="named group"):
-        P.cell_patients(files, regex=r"p\d+")
+        I.cell_patients(files, regex=r"p\d+")
 
 
 def test_multiclass_summary_counts_classes_without_a_threshold():
-    model = P.Model(None, "m", Path("m"), {"classes": ["a", "b", "c"], "preprocess": {}}, {}, None)
+    model = M.Model(None, "m", Path("m"), {"classes": ["a", "b", "c"], "preprocess": {}}, {}, None)
     table = pd.DataFrame({"patient_id": ["x", "x", "x", "y"], "status": ["ok", "ok", "quarantined", "ok"],
                           "predicted_label": ["a", "c", None, "c"]})
     s = P.patient_summary(table, model).set_index("patient_id")
@@ -177,26 +179,26 @@ def test_multiclass_summary_counts_classes_without_a_threshold():
 
 def test_model_resolution(project, tmp_path):
     root, _, _ = project
-    assert P.resolve_model("tiny", root) == root / "results/models/tiny/model.keras"
-    assert P.resolve_model(str(root / "results/models/tiny"), root) == root / "results/models/tiny/model.keras"
+    assert M.resolve_model("tiny", root) == root / "results/models/tiny/model.keras"
+    assert M.resolve_model(str(root / "results/models/tiny"), root) == root / "results/models/tiny/model.keras"
     reports = root / "results/reports"
     reports.mkdir(parents=True, exist_ok=True)
     # best = the best-ranked combination that has a Keras model (the SVM baseline has none)
     (reports / "metrics.json").write_text(json.dumps({"best": "svm_rbf", "ranking": ["svm_rbf", "tiny"],
                                                       "combos": {"svm_rbf": {}, "tiny": {}}}))
-    assert P.resolve_model("best", root) == root / "results/models/tiny/model.keras"
+    assert M.resolve_model("best", root) == root / "results/models/tiny/model.keras"
     # the order is metrics.json's ranking, not its (alphabetical) combos map
     shutil.copytree(root / "results/models/tiny", root / "results/models/a_second")
     (reports / "metrics.json").write_text(json.dumps({"best": "tiny", "ranking": ["tiny", "a_second"],
                                                       "combos": {"a_second": {}, "tiny": {}}}))
-    assert P.resolve_model("best", root) == root / "results/models/tiny/model.keras"
+    assert M.resolve_model("best", root) == root / "results/models/tiny/model.keras"
     shutil.rmtree(root / "results/models/a_second")
     with pytest.raises(FileNotFoundError, match="tiny"):
-        P.resolve_model("nope", root)
+        M.resolve_model("nope", root)
     shutil.copytree(root / "results/models/tiny", tmp_path / "old")
     (tmp_path / "old/preprocess.json").unlink()
     with pytest.raises(FileNotFoundError, match="preprocess.json"):
-        P.load_model(str(tmp_path / "old"), root)
+        M.open_model(str(tmp_path / "old"), root)
 
 
 def test_help_through_the_console_script():
@@ -231,22 +233,22 @@ def test_report_has_fields_provenance_decision_gallery_and_explains_the_predicte
 
     import cv2
 
-    from hemaflow.explain import gradcam, overlay
-    from hemaflow.report import DISCLAIMER, DISPLAY_SIDE
+    from hemaflow.explain.gradcam import gradcam, overlay
+    from hemaflow.predict.report import DISCLAIMER, DISPLAY_SIDE
 
     root, files, _ = project
-    pid = P.cell_patients(files[:1])[0]
+    pid = I.cell_patients(files[:1])[0]
     sheet = tmp_path / "patients.csv"
     pd.DataFrame({"patient_id": [pid], "name": ["Ada Example"], "age": [51], "sex": ["F"],
                   "sample_date": ["2026-11-30"], "haemoglobin": [13.2]}).to_csv(sheet, index=False)
-    mine = [f for f in files if P.cell_patients([f])[0] == pid]
+    mine = [f for f in files if I.cell_patients([f])[0] == pid]
     (tmp_path / "empty.bmp").write_bytes(b"")
     cells = tmp_path / "cells.csv"
     pd.DataFrame({"file": ["empty.bmp"], "patient_id": [pid]}).to_csv(cells, index=False)
     summary = P.run([*mine, tmp_path / "empty.bmp"], model="tiny", project=root, out_dir=tmp_path / "out",
                     patients=sheet, cells=cells, improve=True, say=lambda _: None)
     page = (tmp_path / "out/reports" / summary["reports"][pid]).read_text()
-    model = P.load_model("tiny", root)
+    model = M.open_model("tiny", root)
     for text in ("Ada Example", "haemoglobin", "13.2", "2026-11-30", model.params_hash, "tiny", "0.5",
                  "metrics.json", DISCLAIMER[:40], "empty.bmp", "display only"):
         assert text in page, text
@@ -304,8 +306,8 @@ def test_the_models_recorded_regex_and_class_words_reach_predict_and_the_page(pr
 
 def test_a_model_evaluated_on_augmented_copies_is_predicted_by_their_mean(project, tmp_path):
     """augment.splits with val/test: evaluate scores an image by the mean over its copies, so predict must too."""
-    from hemaflow.images import load_rgb
-    from hemaflow.preprocess import render_all, variants
+    from hemaflow.data.images import load_rgb
+    from hemaflow.augment.preprocess import render_all, variants
 
     root, files, _ = project
     shutil.copytree(root / "results/models/tiny", root / "results/models/tta")
@@ -313,7 +315,7 @@ def test_a_model_evaluated_on_augmented_copies_is_predicted_by_their_mean(projec
               "shear": 5.0, "rotation_range": 0.0, "fill": "nearest", "seed": 7}  # fmt: skip
     model_params.record(root / "results/models/tta/preprocess.json", preprocess=PREPROCESS, channels=4,
                         classes=["hem", "all"], evaluated_copies=copies)  # fmt: skip
-    model = P.load_model("tta", root)
+    model = M.open_model("tta", root)
     # batches of 5 split each file's 16 copies across model calls
     table, inputs = P.predict_files(model, files[:3], batch_size=5, keep_inputs=True, progress=False, say=lambda _: None)
     for k, f in enumerate(files[:3]):
@@ -324,5 +326,35 @@ def test_a_model_evaluated_on_augmented_copies_is_predicted_by_their_mean(projec
         expected = P.probabilities(model.keras_model, rendered).mean(axis=0)
         np.testing.assert_allclose(table.loc[k, ["p_hem", "p_all"]].to_numpy(float), expected, atol=1e-6)
         np.testing.assert_array_equal(inputs[k], P.model_input(rgb, model.params))  # the report shows the plain copy
-    single = P.predict_files(P.load_model("tiny", root), files[:3], progress=False, say=lambda _: None)[0]
+    single = P.predict_files(M.open_model("tiny", root), files[:3], progress=False, say=lambda _: None)[0]
     assert not np.allclose(single["p_all"], table["p_all"])  # the copies change the figure
+
+
+def test_predict_applies_the_temperature_evaluate_fitted(project, tmp_path):
+    """evaluate.calibrate: temperature writes calibration.json beside metrics.json; predict scales
+    every image's probabilities by it, as evaluate did, and says which T it applied."""
+    from hemaflow.evaluate.calibration import apply_temperature
+
+    root, files, _ = project
+    shutil.copytree(root / "results/models/tiny", root / "results/models/warm")
+    evaluation = root / "results/evaluation/warm"
+    shutil.copytree(root / "results/evaluation/tiny", evaluation)
+    (evaluation / "calibration.json").write_text(json.dumps({"method": "temperature", "temperature": 2.5, "fitted_on": "val"}))
+    plain, _ = P.predict_files(M.open_model("tiny", root), files[:4], progress=False, say=lambda _: None)
+    model = M.open_model("warm", root)
+    assert model.temperature == 2.5 and model.calibration["source"] == str(evaluation / "calibration.json")
+    scaled, _ = P.predict_files(model, files[:4], progress=False, say=lambda _: None)
+    raw = plain[["p_hem", "p_all"]].to_numpy(float)
+    np.testing.assert_allclose(scaled[["p_hem", "p_all"]].to_numpy(float), apply_temperature(raw, 2.5), atol=1e-9)
+    assert (scaled["predicted_label"] == plain["predicted_label"]).all()
+    summary = P.run(files[:4], model="warm", project=root, out_dir=tmp_path / "out", reports=False, say=lambda _: None)
+    assert summary["calibration"]["temperature"] == 2.5
+    assert json.loads((tmp_path / "out/summary.json").read_text())["calibration"]["fitted_on"] == "val"
+    assert P.run(files[:1], model="tiny", project=root, out_dir=tmp_path / "t", reports=False,
+                 say=lambda _: None)["calibration"] == {"temperature": None}  # fmt: skip
+
+    (evaluation / "calibration.json").write_text(json.dumps({"method": "temperature", "temperature": 0}))
+    with pytest.raises(ValueError, match=r"calibration.json: temperature 0 is not a positive number; rerun evaluate"):
+        M.open_model("warm", root)
+    (evaluation / "calibration.json").write_text(json.dumps({"method": "none", "temperature": None, "fitted_on": None}))
+    assert M.open_model("warm", root).temperature is None

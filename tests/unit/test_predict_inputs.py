@@ -16,8 +16,11 @@ from PIL import Image  # noqa: E402
 from test_predict import project  # noqa: E402, F401  (the tiny binary model, shared)
 
 from hemaflow import cli  # noqa: E402
-from hemaflow import predict as P  # noqa: E402
-from hemaflow.images import implausible  # noqa: E402
+from hemaflow.files import write_atomic  # noqa: E402
+from hemaflow.predict import inputs as I  # noqa: E402
+from hemaflow.predict import model as M  # noqa: E402
+from hemaflow.predict import run as P  # noqa: E402
+from hemaflow.data.images import implausible  # noqa: E402
 
 QUIET = dict(say=lambda _: None)
 
@@ -41,14 +44,14 @@ def test_cell_sheet_rows_match_by_relative_path_and_an_ambiguous_base_name_is_an
     assert by_file == {str(folder / "a/x.bmp"): "P1", str(folder / "b/x.bmp"): "P2"}
     # an absolute path names one file too
     sheet.write_text(f"file,patient_id\n{folder / 'b/x.bmp'},P9\n")
-    assert P.cell_patients([folder / "a/x.bmp", folder / "b/x.bmp"], cells=sheet, roots=[folder]) == [None, "P9"]
+    assert I.cell_patients([folder / "a/x.bmp", folder / "b/x.bmp"], cells=sheet, roots=[folder]) == [None, "P9"]
     # a bare base name that two files have is refused, naming both
     sheet.write_text("file,patient_id\nx.bmp,P1\n")
     with pytest.raises(ValueError, match="line 2") as e:
         P.run([folder], model="tiny", project=root, out_dir=tmp_path / "out2", cells=sheet, reports=False, **QUIET)
     assert str(folder / "a/x.bmp") in str(e.value) and str(folder / "b/x.bmp") in str(e.value)
     # ... and accepted when only one file has it
-    assert P.cell_patients([folder / "a/x.bmp"], cells=sheet, roots=[folder]) == ["P1"]
+    assert I.cell_patients([folder / "a/x.bmp"], cells=sheet, roots=[folder]) == ["P1"]
 
 
 def test_cells_without_a_patient_id_get_no_pooled_decision_or_page(project, tmp_path):
@@ -63,7 +66,7 @@ def test_cells_without_a_patient_id_get_no_pooled_decision_or_page(project, tmp_
     patients = pd.read_csv(tmp_path / "out/patients.csv", dtype={"patient_id": str}).set_index("patient_id")
     row = patients.loc[P.UNASSIGNED]
     assert row["n_cells"] == 4 and "no patient id" in row["decision"] and np.isnan(row["frac_positive"])
-    named = sorted({P.cell_patients([f])[0] for f in files[:2]})
+    named = sorted({I.cell_patients([f])[0] for f in files[:2]})
     assert sorted(summary["reports"]) == named  # a page per real patient, none for the pool
     assert len(list((tmp_path / "out/reports").glob("*.html"))) == len(named)
     assert summary["patients"] == len(named)
@@ -119,7 +122,7 @@ def test_bad_options_fail_before_the_model_or_any_image_is_read(case, project, t
     def never(*_, **__):
         raise AssertionError("read before the options were checked")
 
-    monkeypatch.setattr(P, "load_model", never)
+    monkeypatch.setattr(P, "open_model", never)
     monkeypatch.setattr(P, "load_rgb", never)
     with pytest.raises(error, match=message):
         P.run(inputs, model="tiny", project=root, reports=False, **kwargs, **options, **QUIET)
@@ -183,7 +186,7 @@ def test_implausible_flags_small_and_blank_images():
 
 def test_implausible_cells_are_quarantined_and_not_counted(project, tmp_path):
     root, files, _ = project
-    pid = P.cell_patients(files[:1])[0]
+    pid = I.cell_patients(files[:1])[0]
     folder = tmp_path / "cells"
     folder.mkdir()
     shutil.copy(files[0], folder / files[0].name)
@@ -234,9 +237,9 @@ def test_write_atomic_keeps_nothing_of_a_failed_write(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(OSError):
-        P.write_atomic(target, half)
+        write_atomic(target, half)
     assert list(tmp_path.iterdir()) == []
-    P.write_atomic(target, lambda p: p.write_text("{}"))
+    write_atomic(target, lambda p: p.write_text("{}"))
     assert target.read_text() == "{}" and list(tmp_path.iterdir()) == [target]
 
 
@@ -246,14 +249,14 @@ def test_a_corrupt_model_file_is_named_not_a_keras_archive(project, tmp_path):
     shutil.copytree(root / "results/models/tiny", model_dir)
     (model_dir / "model.keras").write_text("this is not a zip archive")
     with pytest.raises(ValueError, match="not a Keras archive") as e:
-        P.load_model(str(model_dir), root)
+        M.open_model(str(model_dir), root)
     assert str(model_dir / "model.keras") in str(e.value) and "not found" not in str(e.value)
 
 
 def test_a_file_named_relative_to_the_current_folder_gets_a_patient(tmp_path, monkeypatch):
     """`hemaflow predict UID_h3_1_1_all.bmp`: its folder is `.`, which has no name to look a labels CSV up by."""
     monkeypatch.chdir(tmp_path)
-    assert P.cell_patients([Path("UID_h3_1_1_all.bmp"), Path("x.bmp")]) == ["H3", None]
+    assert I.cell_patients([Path("UID_h3_1_1_all.bmp"), Path("x.bmp")]) == ["H3", None]
 
 
 def test_the_command_says_which_library_it_runs(capsys):

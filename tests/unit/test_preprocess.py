@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hemaflow import preprocess as P
+from hemaflow.augment import preprocess as P
 
 
 def blob(h=120, w=140, seed=0):

@@ -11,7 +11,7 @@ import yaml
 from snakemake.utils import update_config
 
 from hemaflow.config import ParamsError, check_replica, validate_params
-from hemaflow.grid import combos
+from hemaflow.train.grid import combos
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow/schemas/params.schema.yaml"
@@ -74,3 +74,19 @@ def test_seed003_random_search_draws_trials_with_their_own_batch_sizes():
     assert {t["optimizer"] for t in trials.values()} == {"adam", "sgd"}
     for cid, t in trials.items():
         assert cid.endswith(f"_bs{t['batch_size']}") or f"_bs{t['batch_size']}_" in cid
+
+
+def test_the_recipe_preset_is_valid_one_combination_and_says_what_it_beats():
+    """hemaflow's own recipe (not a seed's): a valid overlay, one combination using the new options,
+    and a header that gives the measured comparison (benchmarks/recipe.py)."""
+    path = ROOT / "config/presets/recipe.yaml"
+    merged, layers = overlay(load(path))
+    config = validate_params(merged, SCHEMA, layers)
+    check_replica(config, layers)
+    assert list(combos(config["train"], config["seed"])) == ["cell_resnet_adamw_lr1e-03_cosine_bs32"]
+    assert config["train"]["label_smoothing"] > 0 and config["train"]["fusion"] == []
+    assert config["data"]["adapter"] == "folders" and config["data"]["patient_sheet"] is None
+    header = "".join(line for line in path.read_text().splitlines(True) if line.startswith("#"))
+    for part in ("Data expected", "Recipe", "Measured", "matek_cnn", "model_1", "Real data"):
+        assert part in header, f"recipe.yaml: header lacks {part!r}"
+    assert "MEASURED" not in header  # the placeholder is replaced by figures

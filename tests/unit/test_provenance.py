@@ -61,3 +61,37 @@ def test_an_import_of_a_missing_module_names_the_script_and_the_module(tmp_path)
     script = _script(tmp_path, "from hemaflow.nowhere import f\n")
     with pytest.raises(ImportError, match=r"job\.py imports hemaflow\.nowhere"):
         library_modules(script, lib)
+
+
+def test_follows_sub_packages_and_counts_their_init_files(tmp_path):
+    lib = _library(tmp_path, {"top": ""})
+    (lib / "stage").mkdir()
+    (lib / "stage/__init__.py").write_text("")
+    (lib / "stage/fit.py").write_text("from hemaflow.stage import helper\nfrom hemaflow import top\n")
+    (lib / "stage/helper.py").write_text("")
+    (lib / "stage/unused.py").write_text("")
+    script = _script(tmp_path, "from hemaflow.stage.fit import train\n")
+    found = [p.relative_to(lib).as_posix() for p in library_modules(script, lib)]
+    assert found == ["stage/__init__.py", "stage/fit.py", "stage/helper.py", "top.py"]
+    before = _digest(script, lib)
+    (lib / "stage/__init__.py").write_text("X = 1\n")  # runs on every import of the package
+    assert _digest(script, lib) != before
+
+
+def test_the_library_imports_form_no_cycle_between_modules_or_stages():
+    """Each stage's sub-package may use another's only one way round (hemaflow.plots, models_io
+    and files exist so that train, evaluate, explain and predict need not import each other)."""
+    import networkx as nx
+
+    from hemaflow.provenance import LIBRARY, _imported_modules
+
+    modules, stages = nx.DiGraph(), nx.DiGraph()
+    for path in LIBRARY.rglob("*.py"):
+        name = ".".join(path.relative_to(LIBRARY).with_suffix("").parts).removesuffix(".__init__")
+        for other in _imported_modules(path) - {name}:
+            modules.add_edge(name, other)
+            if name.split(".")[0] != other.split(".")[0]:
+                stages.add_edge(name.split(".")[0], other.split(".")[0])
+    assert modules.number_of_edges() > 20 and stages.has_edge("predict", "train")  # the graph is real
+    assert list(nx.simple_cycles(modules)) == []
+    assert list(nx.simple_cycles(stages)) == []

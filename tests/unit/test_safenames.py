@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hemaflow.adapters import list_candidates
+from hemaflow.data.adapters import list_candidates
 from hemaflow.config import ParamsError, validate_params
 from hemaflow.safenames import UnsafeName, check_name, file_name, name_problem, under
 
@@ -124,9 +124,9 @@ def test_each_patient_gets_a_page_of_its_own(replica, tmp_path):
     import keras
     import pandas as pd
 
-    from hemaflow import model_params
-    from hemaflow import predict as P
-    from hemaflow.models import build_model
+    from hemaflow.train import model_params
+    from hemaflow.predict import run as P
+    from hemaflow.train.models import build_model
 
     preprocess = dict(background="alpha", size=32, crop_to_content=True, pad_square=True, filter="none")
     model_dir = tmp_path / "results/models/tiny"
@@ -154,7 +154,7 @@ def test_each_patient_gets_a_page_of_its_own(replica, tmp_path):
 
 @pytest.mark.parametrize("label", ["../../../../outside/x", ".", "..", "-rf", "a/b"])
 def test_explain_refuses_an_overlay_path_built_from_a_hostile_label(tmp_path, label):
-    from hemaflow.explain import overlay_path
+    from hemaflow.explain.run import overlay_path
 
     overlays = tmp_path / "results/explain/m/overlays"
     with pytest.raises(UnsafeName, match="class label"):

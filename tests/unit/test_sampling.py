@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hemaflow.sampling import plan
+from hemaflow.augment.sampling import plan
 
 
 def sources(counts: dict[int, int]) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hemaflow.schedules import triangular
+from hemaflow.train.schedules import triangular
 
 
 def seed_000_reference(epoch, lr0, stepsize, scale):
@@ -50,3 +50,42 @@ def test_bad_settings_name_the_key():
         triangular(1e-3, 4, 4, start_at="middle")
     with pytest.raises(ValueError, match="step_size"):
         triangular(1e-3, step_size=0, scale=4, start_at="max")
+
+
+# ------------------------------------------------------------------ cosine with warm-up, one-cycle
+
+from hemaflow.train.schedules import one_cycle, warmup_cosine  # noqa: E402
+
+
+def test_cosine_warms_up_linearly_to_lr_then_falls_to_its_floor_at_the_last_epoch():
+    lr = warmup_cosine(2e-3, epochs=20, warmup_epochs=4, floor=0.01)
+    values = [lr(e) for e in range(20)]
+    assert np.allclose(np.diff(values[:5]), 2e-3 / 5)  # equal steps up: linear
+    assert values[0] == pytest.approx(2e-3 / 5) and values[4] == pytest.approx(2e-3)
+    assert max(values) == values[4]
+    assert all(a > b for a, b in zip(values[4:], values[5:]))  # then falling every epoch
+    assert values[-1] == pytest.approx(2e-5)  # lr x floor at epochs - 1
+    # a half cosine: halfway through the decay (epoch 4 + 15/2) the rate is halfway down
+    assert (lr(11) + lr(12)) / 2 == pytest.approx((2e-3 + 2e-5) / 2, rel=0.02)
+    assert warmup_cosine(1e-3, 10, 0, 0.0)(0) == pytest.approx(1e-3)  # no warm-up: starts at lr
+    assert warmup_cosine(1e-3, 10, 0, 0.0)(9) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_one_cycle_peaks_at_peak_at_and_ends_at_lr_over_div_times_final_div():
+    lr = one_cycle(1e-3, epochs=21, peak_at=0.3, div=25, final_div=1e4)
+    values = [lr(e) for e in range(21)]
+    assert int(np.argmax(values)) == 6 and values[6] == pytest.approx(1e-3)  # 0.3 x (21 - 1)
+    assert values[0] == pytest.approx(1e-3 / 25)
+    assert values[-1] == pytest.approx(1e-3 / 25 / 1e4)
+    assert all(a < b for a, b in zip(values[:6], values[1:7]))  # up to the peak
+    assert all(a > b for a, b in zip(values[6:], values[7:]))  # then down
+    assert one_cycle(1e-3, 11, 0.5, 25, 1e4)(5) == pytest.approx(1e-3)  # peak_at moves the peak
+
+
+def test_new_schedules_name_their_keys_when_misconfigured():
+    with pytest.raises(ValueError, match="train.cosine.warmup_epochs"):
+        warmup_cosine(1e-3, epochs=5, warmup_epochs=5, floor=0.01)
+    with pytest.raises(ValueError, match="train.cosine.floor"):
+        warmup_cosine(1e-3, epochs=5, warmup_epochs=1, floor=2)
+    with pytest.raises(ValueError, match="train.onecycle.peak_at"):
+        one_cycle(1e-3, 10, 1.5, 25, 1e4)

@@ -13,10 +13,10 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from hemaflow import preprocess as P  # noqa: E402
-from hemaflow.records import iter_records  # noqa: E402
-from hemaflow.manifest import SCHEMAS  # noqa: E402
-from hemaflow.shards import build_shard, contact_sheet, merge_manifests, shard_of  # noqa: E402
+from hemaflow.augment import preprocess as P  # noqa: E402
+from hemaflow.augment.records import iter_records  # noqa: E402
+from hemaflow.data.manifest import SCHEMAS  # noqa: E402
+from hemaflow.augment.shards import build_shard, contact_sheet, merge_manifests, shard_of  # noqa: E402
 
 PREPROCESS = dict(background="alpha", size=24, crop_to_content=True, pad_square=True, filter="none")
 AUGMENT = dict(rotations=2, mirror=True, random_copies=1, flip=True, shift=0.1, zoom=0.1, shear=10.0, fill="nearest")
@@ -60,7 +60,7 @@ def build(dataset, out, split="train", augment=True, rows=None, **kw):
 def test_shard_of_is_stable_across_processes_and_roughly_uniform():
     ids = [f"{i:016x}" for i in range(4000)]
     here = [shard_of(i, 4) for i in ids]
-    code = "from hemaflow.shards import shard_of; print([shard_of(f'{i:016x}', 4) for i in range(4000)])"
+    code = "from hemaflow.augment.shards import shard_of; print([shard_of(f'{i:016x}', 4) for i in range(4000)])"
     env = {**os.environ, "PYTHONHASHSEED": "123"}
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert str(here) == there.stdout.strip()
@@ -71,7 +71,7 @@ def test_shard_of_is_stable_across_processes_and_roughly_uniform():
 def test_records_are_byte_identical_across_processes():
     """Protobuf orders an Example's features differently from process to process unless told not to."""
     code = (
-        "import sys; from hemaflow.records import encode_example; "
+        "import sys; from hemaflow.augment.records import encode_example; "
         "sys.stdout.write(encode_example(b'png', 1, 'a1').hex())"
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

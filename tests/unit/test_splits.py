@@ -7,9 +7,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from hemaflow.adapters import list_candidates
-from hemaflow.ingest import build_sources
-from hemaflow.splits import assign_splits, split_summary
+from hemaflow.data.adapters import list_candidates
+from hemaflow.data.ingest import build_sources
+from hemaflow.data.splits import assign_splits, split_summary
 
 PRELIM = "validation_data/C-NMC_test_prelim_phase_data"
 
@@ -38,8 +38,27 @@ def leaky_replica(replica, tmp_path):
     return root, train, other, patient.upper()
 
 
-def sources_of(root) -> pd.DataFrame:
-    return build_sources(list_candidates("cnmc", root, dataset="r")[0], root, dataset="r", max_pixels=10**7)
+NEAR = {"method": "phash", "hash_size": 16, "max_distance": 20}  # the schema's default
+
+
+@pytest.fixture
+def fake_sources(fake_sources):
+    """conftest's factory plus a distinct perceptual hash per image and no near-duplicate."""
+
+    def make(**kw):
+        df = fake_sources(**kw)
+        return df.assign(perceptual_hash=[f"{i:064x}" for i in range(len(df))], near_duplicate_of=None)
+
+    return make
+
+
+def sources_of(root, near=NEAR) -> pd.DataFrame:
+    return build_sources(list_candidates("cnmc", root, dataset="r")[0], root, dataset="r", max_pixels=10**7,
+                         near_duplicates=near)  # fmt: skip
+
+
+def other_than_near(notes: list[str]) -> list[str]:
+    return [n for n in notes if not n.startswith("near-duplicate")]
 
 
 def test_dataset_folds_holdout_is_test(replica):
@@ -50,7 +69,8 @@ def test_dataset_folds_holdout_is_test(replica):
     assert (df.loc[df.holdout, "split"] == "test").all()
     assert (df.loc[df.fold == 2, "split"] == "val").all()
     assert (df.loc[df.fold.isin([0, 1]), "split"] == "train").all()
-    assert notes == []
+    assert other_than_near(notes) == []
+    assert notes[0].startswith("near-duplicates (perceptual hash, see ingest.json): 0 group(s)")
     assert crossing(sources, splits, "patient_id") == []
 
 
@@ -66,13 +86,13 @@ def test_leaks_in_a_replica_are_merged_and_reported(leaky_replica):
     merged = df.loc[df.patient_id == other, "group"].unique()
     assert len(merged) == 1 and set(merged[0].split("+")) == {source_patient, other}
     assert (df.loc[df.patient_id == holdout_patient, "split"] == "test").all()
-    assert len(notes) == 2 and all("moved to" in n for n in notes)
+    assert len(other_than_near(notes)) == 2 and all("moved to" in n for n in other_than_near(notes))
 
 
 def test_stratified_split_is_group_disjoint_and_roughly_proportional(fake_sources):
     sources = fake_sources(n_patients=90)
     splits, notes = assign_splits(sources, seed=3, use_dataset_folds=False, ratios=(7, 2, 1))
-    assert notes == []
+    assert other_than_near(notes) == []
     assert crossing(sources, splits, "patient_id") == []
     share = splits.split.value_counts(normalize=True)
     assert share["train"] == pytest.approx(0.7, abs=0.07)

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from hemaflow.adapters import list_candidates, reader
-from hemaflow.synth import class_counts, generate_cnmc_replica, generate_folder_replica
+from hemaflow.data.adapters import list_candidates, reader
+from hemaflow.data.synth import class_counts, generate_cnmc_replica, generate_folder_replica
 
 REFERENCE_INDEX = Path(__file__).resolve().parents[3] / "shared/reference/cnmc-file-index.txt"
 
@@ -144,8 +144,8 @@ def test_refuses_to_write_into_a_non_empty_root(tmp_path, tiny):
 def test_cbc_sheet_depends_on_the_diagnosis_with_overlap():
     from sklearn.metrics import roc_auc_score
 
-    from hemaflow.cbc import CBC_COLUMNS, PATIENT_FIELDS
-    from hemaflow.synth import cbc_sheet
+    from hemaflow.data.cbc import CBC_COLUMNS, PATIENT_FIELDS
+    from hemaflow.data.synth import cbc_sheet
 
     patients = [(f"{i}" if i % 3 else f"H{i}", "all" if i % 3 else "hem") for i in range(600)]
     sheet = cbc_sheet(np.random.default_rng(5), patients)
@@ -166,8 +166,8 @@ def test_cbc_sheet_depends_on_the_diagnosis_with_overlap():
 
 
 def test_replica_sheet_covers_its_patients_and_leaves_the_images_unchanged(tmp_path, tiny):
-    from hemaflow.adapters import list_candidates
-    from hemaflow.cbc import read_sheet
+    from hemaflow.data.adapters import list_candidates
+    from hemaflow.data.cbc import read_sheet
 
     generate_cnmc_replica(tmp_path / "plain", **tiny, image_size=64)
     generate_cnmc_replica(tmp_path / "with", **tiny, image_size=64, patient_sheet=tmp_path / "cbc.csv")

@@ -17,9 +17,16 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from hemaflow.data import make_dataset  # noqa: E402
-from hemaflow.records import encode_example, write_records  # noqa: E402
-from hemaflow.train import ResumableEarlyStopping, divergence, fingerprint, train_combo, use_threads  # noqa: E402
+from hemaflow.train.input import make_dataset  # noqa: E402
+from hemaflow.augment.records import encode_example, write_records  # noqa: E402
+from hemaflow.train.checkpoint import ResumableEarlyStopping, fingerprint  # noqa: E402
+from hemaflow.train.device import use_threads  # noqa: E402
+from hemaflow.train import fit as fit_module  # noqa: E402
+from hemaflow.train.fit import TIME_COLUMNS, divergence  # noqa: E402
+
+from harness import fit  # noqa: E402
+
+FIT = fit_module.__file__  # the module whose code a checkpoint's fingerprint covers
 
 SIZE = 32
 
@@ -54,6 +61,12 @@ def shards(tmp_path_factory):
         "val": write_shards(root / "val", 24, 1, seed=1),
         "multi": write_shards(root / "multi", 48, 2, n_classes=3, channels=3, seed=2),
     }
+
+
+def without_times(history: pd.DataFrame) -> pd.DataFrame:
+    """A history without the epochs' wall times (TIME_COLUMNS), which differ between any two runs."""
+    assert set(TIME_COLUMNS) <= set(history.columns)
+    return history.drop(columns=TIME_COLUMNS)
 
 
 def ids_in_order(ds) -> list[str]:
@@ -113,7 +126,7 @@ CYCLIC = {"step_size": 2, "scale": 4, "start_at": "max"}
 def train(shards, out_dir, *, combo=COMBO, max_epochs=2, seed=11, callbacks=(), **kwargs):
     settings = dict(channels=4, size=SIZE, n_classes=2, patience=5, class_weight="none", class_counts={0: 32, 1: 32},
                     n_val=24)  # fmt: skip
-    return train_combo(
+    return fit(
         combo, train_records=shards["train"], val_records=shards["val"], max_epochs=max_epochs, cyclic=CYCLIC,
         seed=seed, out_dir=out_dir, callbacks=callbacks, **{**settings, **kwargs},
     )  # fmt: skip
@@ -144,7 +157,12 @@ def test_training_writes_every_output(trained):
     out, info = trained
     assert {p.name for p in out.iterdir()} == {"model.keras", "history.csv", "curves.png", "train.json"}
     history = pd.read_csv(out / "history.csv")
-    assert list(history.columns) == ["epoch", "loss", "val_loss", "accuracy", "val_accuracy", "auc", "val_auc", "lr"]
+    assert list(history.columns) == ["epoch", "loss", "val_loss", "accuracy", "val_accuracy", "auc", "val_auc", "lr",
+                                     "train_seconds", "val_seconds"]  # fmt: skip
+    assert (history["train_seconds"] > 0).all() and (history["val_seconds"] > 0).all()
+    assert info["epoch_seconds"] == history[["epoch", "train_seconds", "val_seconds"]].to_dict("records")
+    assert info["train_seconds"] == pytest.approx(history["train_seconds"].sum(), abs=0.051)
+    assert info["train_seconds"] + info["val_seconds"] <= info["wall_seconds"] + 0.2  # each rounded to 0.1 s
     assert history["epoch"].tolist() == [1, 2, 3]
     # triangular around a mean of 1e-3: step_size 2, scale 4, from the max (1.6e-3) to the min (4e-4)
     assert history["lr"].tolist() == pytest.approx([1.6e-3, 1e-3, 4e-4])
@@ -180,7 +198,7 @@ def test_same_seed_same_history_and_weights(shards, trained, tmp_path):
 
 def test_multiclass_training_with_sgd(shards, tmp_path):
     combo = {**COMBO, "model": "matek_cnn", "optimizer": "sgd", "lr": 0.01}
-    info = train_combo(
+    info = fit(
         combo, train_records=shards["multi"], val_records=shards["multi"], channels=3, size=SIZE, n_classes=3,
         max_epochs=1, patience=2, cyclic=CYCLIC, class_weight="balanced", class_counts={0: 16, 1: 16, 2: 16},
         n_val=48, seed=1, out_dir=tmp_path,
@@ -195,10 +213,11 @@ def test_multiclass_training_with_sgd(shards, tmp_path):
 
 IN_FRESH_PROCESS = """
 import json, sys
-from hemaflow.train import train_combo, use_threads
+from hemaflow.train.device import use_threads
+from harness import fit
 args = json.loads(sys.argv[1])
 use_threads(args.pop("threads_for_tf"))
-train_combo(**args)
+fit(**args)
 """
 
 
@@ -219,7 +238,8 @@ def test_two_threads_twice_give_the_same_weights_and_record_the_count(shards, tm
     a = train_in_fresh_process(shards, tmp_path / "a", threads=2)
     b = train_in_fresh_process(shards, tmp_path / "b", threads=2)
     assert a["threads"] == b["threads"] == 2
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a/history.csv"), pd.read_csv(tmp_path / "b/history.csv"))
+    pd.testing.assert_frame_equal(without_times(pd.read_csv(tmp_path / "a/history.csv")),
+                                  without_times(pd.read_csv(tmp_path / "b/history.csv")))  # fmt: skip
     assert all(np.array_equal(x, y) for x, y in zip(weights_of(tmp_path / "a"), weights_of(tmp_path / "b")))
 
 
@@ -281,7 +301,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(shards, trained, tmp_p
     record = Record()
     info = train(shards, tmp_path, seed=11, callbacks=[record], **TRIANGULAR)
     assert record.epochs == rerun  # continued, not restarted
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "history.csv"), pd.read_csv(trained[0] / "history.csv"))
+    resumed, whole = pd.read_csv(tmp_path / "history.csv"), pd.read_csv(trained[0] / "history.csv")
+    pd.testing.assert_frame_equal(without_times(resumed), without_times(whole))  # every column but the times
+    assert (resumed[TIME_COLUMNS] > 0).all().all()  # each epoch's own, the earlier leg's kept by the checkpoint
     assert all(np.array_equal(x, y) for x, y in zip(weights_of(tmp_path), weights_of(trained[0])))
     assert [(leg["first_epoch"], leg["epochs"]) for leg in info["legs"]] == legs
     assert info["epochs_run"] == 3 and info["best_epoch"] == trained[1]["best_epoch"]
@@ -294,7 +316,7 @@ def test_a_checkpoint_for_other_settings_is_discarded(shards, tmp_path, caplog):
     with pytest.raises(RuntimeError, match="simulated kill"):
         train(shards, tmp_path, callbacks=[Interrupt(after=1)])
     record = Record()
-    with caplog.at_level(logging.WARNING, logger="hemaflow.train"):
+    with caplog.at_level(logging.WARNING, logger="hemaflow.train.fit"):
         info = train(shards, tmp_path, callbacks=[record], patience=4)
     assert record.epochs == [0, 1]  # started afresh
     assert [(leg["first_epoch"], leg["epochs"]) for leg in info["legs"]] == [(1, 2)]
@@ -303,16 +325,16 @@ def test_a_checkpoint_for_other_settings_is_discarded(shards, tmp_path, caplog):
 
 def test_the_fingerprint_follows_settings_shard_contents_and_code(shards, tmp_path):
     settings = {"combo": COMBO, "seed": 1}
-    base = fingerprint(settings, shards["train"], shards["val"])
+    base = fingerprint(settings, shards["train"], shards["val"], entry=FIT)
     copies = [tmp_path / f"copy{i}.tfrecord" for i in range(2)]
     for src, dst in zip(shards["train"], copies):
         shutil.copy(src, dst)
-    assert fingerprint(settings, copies, shards["val"]) == base  # identity is content, not path or mtime
+    assert fingerprint(settings, copies, shards["val"], entry=FIT) == base  # identity is content, not path or mtime
     copies[1].write_bytes(copies[1].read_bytes()[:-1] + b"x")
-    changed = fingerprint(settings, copies, shards["val"])
+    changed = fingerprint(settings, copies, shards["val"], entry=FIT)
     assert changed["train_records"] != base["train_records"] and changed["val_records"] == base["val_records"]
-    assert fingerprint(settings, shards["train"][::-1], shards["val"])["train_records"] != base["train_records"]
-    other = fingerprint({**settings, "seed": 2}, shards["train"], shards["val"])
+    assert fingerprint(settings, shards["train"][::-1], shards["val"], entry=FIT)["train_records"] != base["train_records"]
+    other = fingerprint({**settings, "seed": 2}, shards["train"], shards["val"], entry=FIT)
     assert other["settings"] != base["settings"] and other["code"] == base["code"]
 
 
@@ -341,7 +363,7 @@ def test_early_stopping_state_survives_a_resume():
     [(1e4, "constant validation predictions"), (1e12, "loss not finite from epoch 1")],  # dead ReLUs; overflow
 )
 def test_a_huge_learning_rate_is_marked_diverged_and_still_gives_a_usable_model(shards, tmp_path, caplog, lr, because):
-    with caplog.at_level(logging.WARNING, logger="hemaflow.train"):
+    with caplog.at_level(logging.WARNING, logger="hemaflow.train.fit"):
         info = train(shards, tmp_path, combo={**COMBO, "optimizer": "sgd", "lr": lr}, max_epochs=3)
     assert info["status"] == "diverged" and info["diverged_because"].startswith(because)
     assert (tmp_path / "curves.png").is_file()
@@ -369,7 +391,7 @@ def test_divergence_criterion(losses, spread, expected):
 
 def test_each_trial_trains_with_its_own_batch_size(shards, tmp_path, monkeypatch):
     """Seed 003's search ignored the batch size; here train_combo batches by combo["batch_size"]."""
-    import hemaflow.train as train_module
+    import hemaflow.train.fit as train_module
 
     seen = []
 
@@ -421,10 +443,10 @@ def test_fine_tuning_a_pretrained_backbone_keeps_its_batchnorm_statistics(shards
 def test_epoch_progress_prints_one_line_per_epoch_with_the_time_left(monkeypatch):
     import io
 
-    from hemaflow.train import EpochProgress
+    from hemaflow.train.fit import EpochProgress
 
     clock = iter([100.0, 130.0, 130.0, 150.0])  # epoch 1 takes 30 s, epoch 2 20 s
-    monkeypatch.setattr("hemaflow.train.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("hemaflow.train.fit.time.monotonic", lambda: next(clock))
     out = io.StringIO()
     progress = EpochProgress("m1_lr1e-3", 5, out)
     for epoch, logs in enumerate([{"loss": 0.69, "val_loss": 0.7, "val_auc": 0.5, "accuracy": 0.4},
@@ -434,3 +456,136 @@ def test_epoch_progress_prints_one_line_per_epoch_with_the_time_left(monkeypatch
     first, second = out.getvalue().splitlines()
     assert first == "train m1_lr1e-3: epoch 1/5 loss 0.6900 val_loss 0.7000 val_auc 0.5000 (30 s, ETA 0:02:00)"
     assert second == "train m1_lr1e-3: epoch 2/5 loss 0.5000 val_loss 0.5500 (20 s, ETA 0:01:00)"
+
+
+# ------------------------------------------------------------------ AdamW, schedules, label smoothing
+
+
+def test_adamw_decays_weights_even_with_zero_gradient_and_spares_biases():
+    """Decoupled weight decay: a zero gradient leaves Adam's weights alone, while AdamW still
+    shrinks each kernel by lr x weight_decay per step; biases (1-D variables) are not decayed."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, bias_initializer="ones")])
+    combo = {"optimizer": "adamw", "lr": 0.1}
+    optimizer = fit_module._optimizer(combo, 0.01, model)
+    assert isinstance(optimizer, keras.optimizers.AdamW)
+    kernel, bias = model.trainable_variables
+    k0, b0 = kernel.numpy().copy(), bias.numpy().copy()
+    for _ in range(3):
+        optimizer.apply_gradients([(tf.zeros_like(v), v) for v in model.trainable_variables])
+    np.testing.assert_allclose(kernel.numpy(), k0 * (1 - 0.1 * 0.01) ** 3, rtol=1e-6)
+    np.testing.assert_array_equal(bias.numpy(), b0)
+    plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    k0 = plain.trainable_variables[0].numpy().copy()
+    adam = fit_module._optimizer({"optimizer": "adam", "lr": 0.1}, 0.01, plain)
+    adam.apply_gradients([(tf.zeros_like(v), v) for v in plain.trainable_variables])
+    np.testing.assert_array_equal(plain.trainable_variables[0].numpy(), k0)
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_label_smoothing_changes_the_loss_to_the_smoothed_targets(n_classes):
+    rng = np.random.default_rng(0)
+    if n_classes == 2:
+        y, p = np.array([[1.0], [0.0]], np.float32), np.array([[0.9], [0.2]], np.float32)
+        target = y * 0.9 + 0.05  # e = 0.1: a sigmoid's target moves e/2 towards 0.5
+        expected = -np.mean(target * np.log(p) + (1 - target) * np.log(1 - p))
+    else:
+        y = keras.utils.to_categorical([0, 3, 1], 4).astype(np.float32)
+        p = rng.dirichlet(np.ones(4), 3).astype(np.float32)
+        target = y * 0.9 + 0.1 / 4
+        expected = -np.mean((target * np.log(p)).sum(axis=1))
+    plain, smoothed = fit_module._loss(n_classes, 0.0), fit_module._loss(n_classes, 0.1)
+    assert isinstance(plain, str)  # off: Keras' plain loss, as before the option existed
+    plain = float(np.mean(keras.losses.get(plain)(y, p)))  # per image, averaged as Keras' reduction does
+    assert float(smoothed(y, p)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(smoothed(y, p)) != pytest.approx(plain, rel=1e-3)
+
+
+def test_the_defaults_use_no_new_option_so_fingerprints_and_train_json_stay_as_they_were():
+    from harness import train_settings
+
+    settings = train_settings()
+    assert fit_module._recipe(COMBO, settings) == {}
+    assert settings.label_smoothing == 0
+    assert fit_module._schedule(COMBO, None, settings)(7) == COMBO["lr"]
+
+
+def test_the_recipe_trains_with_adamw_cosine_and_label_smoothing_and_records_them(shards, tmp_path):
+    from hemaflow.train.schedules import warmup_cosine
+
+    combo = {**COMBO, "model": "cell_resnet", "optimizer": "adamw", "lr": 2e-3, "lr_policy": "cosine"}
+    cosine = {"warmup_epochs": 1, "floor": 0.01}
+    info = train(shards, tmp_path, combo=combo, max_epochs=3, weight_decay=0.05, label_smoothing=0.1, cosine=cosine)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history["lr"].tolist() == pytest.approx([warmup_cosine(2e-3, 3, 1, 0.01)(e) for e in range(3)])
+    assert history["lr"].tolist() == pytest.approx([1e-3, 2e-3, 2e-5])
+    assert info["weight_decay"] == 0.05 and info["cosine"] == cosine and info["label_smoothing"] == 0.1
+    assert "onecycle" not in info
+    model = keras.models.load_model(tmp_path / "model.keras")
+    assert isinstance(model.optimizer, keras.optimizers.AdamW) and model.loss.label_smoothing == pytest.approx(0.1)
+    assert info["status"] == "ok"
+
+
+# ------------------------------------------------------------------ train.speed
+
+
+def test_cached_validation_batches_are_the_streamed_ones(shards):
+    """make_dataset(cache=True): the same batches, pass after pass, as decoding every time."""
+    kwargs = dict(channels=4, n_classes=2, batch_size=16, shuffle=False, seed=0, with_ids=True)
+    streamed = [tuple(t.numpy() for t in batch) for batch in make_dataset(shards["val"], **kwargs)]
+    cached = make_dataset(shards["val"], cache=True, **kwargs)
+    for _ in range(2):
+        for a, b in zip(streamed, [tuple(t.numpy() for t in batch) for batch in cached], strict=True):
+            assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="unshuffled"):
+        make_dataset(shards["val"], **{**kwargs, "shuffle": True, "cache": True})
+
+
+def test_cached_epochs_show_every_record_once_per_epoch_in_an_order_fixed_by_its_seed(shards):
+    from hemaflow.train.input import cached_epochs, decoded_records
+
+    def ids(seeds):
+        decoded = decoded_records(shards["train"], channels=4, n_classes=2, size=SIZE, with_ids=True)
+        return ids_in_order(cached_epochs(decoded, seeds, 64, 16))
+
+    both = ids([5, 6])
+    every = sorted(f"img{i:04d}" for i in range(64))
+    assert sorted(both[:64]) == sorted(both[64:]) == every and both[:64] != both[64:]
+    assert ids([6]) == both[64:]  # epoch 2 alone (a resumed run) sees what it saw after epoch 1
+
+
+def history_of(out_dir) -> pd.DataFrame:
+    """history.csv without its wall-time columns (they differ from run to run)."""
+    return pd.read_csv(out_dir / "history.csv").drop(columns=fit_module.TIME_COLUMNS)
+
+
+def test_cache_val_trains_exactly_the_weights_of_the_default(shards, trained, tmp_path):
+    info = train(shards, tmp_path, seed=11, speed={"cache": "val"}, **TRIANGULAR)
+    pd.testing.assert_frame_equal(history_of(tmp_path), history_of(trained[0]))
+    assert all(np.array_equal(x, y) for x, y in zip(weights_of(tmp_path), weights_of(trained[0])))
+    assert info["speed"] == {"cache": "val"} and "speed" not in trained[1]
+
+
+@pytest.mark.parametrize("speed", [{"cache": "all"}], ids=["cache-all"])
+def test_each_speed_option_trains_identical_weights_twice_and_resumes_bit_identically(shards, trained, tmp_path, speed):
+    """Uninterrupted, then killed after epoch 2 of 3 and rerun: the same history and weights, so
+    the option is deterministic (same params + seed + threads) and its resume exact."""
+    a = train(shards, tmp_path / "a", seed=11, speed=speed, **TRIANGULAR)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(shards, tmp_path / "b", seed=11, speed=speed, callbacks=[Interrupt(after=2)], **TRIANGULAR)
+    record = Record()
+    b = train(shards, tmp_path / "b", seed=11, speed=speed, callbacks=[record], **TRIANGULAR)
+    assert record.epochs == [2]  # resumed
+    pd.testing.assert_frame_equal(history_of(tmp_path / "a"), history_of(tmp_path / "b"))
+    assert all(np.array_equal(x, y) for x, y in zip(weights_of(tmp_path / "a"), weights_of(tmp_path / "b")))
+    assert a["speed"] == b["speed"] == speed
+    if speed.get("cache") == "all":  # another data order than streaming, so other weights than the default's
+        assert history_of(tmp_path / "a")["loss"].tolist() != history_of(trained[0])["loss"].tolist()
+
+
+def test_a_checkpoint_of_other_speed_options_is_not_resumed(shards, tmp_path):
+    """Epochs streamed continued from the cache would see an order neither run sees alone."""
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(shards, tmp_path, callbacks=[Interrupt(after=1)])
+    record = Record()
+    train(shards, tmp_path, callbacks=[record], speed={"cache": "all"})
+    assert record.epochs == [0, 1]  # started afresh

@@ -12,7 +12,7 @@ from hemaflow.provenance import library_modules
 from harness import ROOT
 
 # Read by the Snakefile itself, not by a script: the grid's combination ids and params.
-PARSE_TIME = {"src/hemaflow/grid.py"}
+PARSE_TIME = {"src/hemaflow/train/grid.py"}
 
 
 def _stages():

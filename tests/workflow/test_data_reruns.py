@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hemaflow.grid import combos
+from hemaflow.train.grid import combos
 
 from harness import ROOT, copy_repo, planned_jobs, run, write_override
 from harness import params as default_params

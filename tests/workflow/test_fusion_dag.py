@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from hemaflow.grid import FUSED_SUFFIX, combos, is_fused
+from hemaflow.train.grid import FUSED_SUFFIX, combos, is_fused
 
 from harness import copy_repo, run
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from hemaflow.manifest import read_classes
+from hemaflow.data.manifest import read_classes
 
 from harness import copy_repo, run, write_override
 

@@ -6,22 +6,18 @@ inputs and probabilities equal the shards' and evaluate's."""
 from __future__ import annotations
 
 import json
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from harness import BIN, ROOT, copy_repo, run, snakemake, write_override
+from harness import BCCD, BCCD_PREPROCESS, BIN, bccd_config, copy_repo, run, snakemake, write_override
 
 pytestmark = pytest.mark.slow
 
 # ../shared beside the clone (as in CI); HEMAFLOW_SHARED names another place (e.g. from a git worktree)
-BCCD = Path(os.environ.get("HEMAFLOW_SHARED", ROOT.parent / "shared")) / "data" / "bccd-wbc"
 PER_CLASS = 6
-PREPROCESS = {"background": "natural", "size": 32, "crop_to_content": False, "pad_square": True, "filter": "none"}
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +27,7 @@ def bccd_run(tmp_path_factory, tool_env):
     work = copy_repo(tmp_path_factory.mktemp("bccd"), tool_env)
     picked = [p for d in sorted(BCCD.iterdir()) if d.is_dir() for p in sorted(d.glob("*.jpg"))[:PER_CLASS]]
     (work / "bccd-index.txt").write_text("".join(f"{p.relative_to(BCCD)}\n" for p in picked))
-    override = write_override(work, "bccd.yaml", {
-        "data": {"adapter": "folders", "name": "bccd", "root": str(BCCD), "index": "bccd-index.txt",
-                 "patient_sheet": None},
-        "split": {"use_dataset_folds": False, "ratios": [2, 1, 1]},
-        "preprocess": PREPROCESS,
-        "augment": {"rotations": 1, "mirror": False, "random_copies": 0, "shards": {"train": 1, "val": 1, "test": 1}},
-        "train": {"grid": {"model": ["model_1"], "optimizer": ["adam"], "lr": [0.001], "lr_policy": ["constant"],
-                           "batch_size": [16], "dropout": [0.25]},
-                  "fusion": [], "max_epochs": 1, "patience": 1, "baseline_svm": False},
-    })
+    override = write_override(work, "bccd.yaml", bccd_config("bccd-index.txt"))
     snakemake(work, tool_env, "evaluation", "--configfile", override)
     (combo,) = [p.parent.name for p in (work / "results/models").glob("*/model.keras")]
     sources = pd.read_parquet(work / "results/manifests/sources.parquet")
@@ -57,7 +44,7 @@ def bccd_run(tmp_path_factory, tool_env):
 def test_train_records_the_preprocessing_and_classes_beside_the_model(bccd_run):
     work, combo, sources, _, _ = bccd_run
     info = json.loads((work / f"results/models/{combo}/preprocess.json").read_text())
-    assert info["preprocess"] == PREPROCESS and info["channels"] == 3
+    assert info["preprocess"] == BCCD_PREPROCESS and info["channels"] == 3
     assert info["classes"] == sorted(d.name for d in BCCD.iterdir() if d.is_dir())  # label_index order
     assert "positive_class" not in info  # evaluation's, never the model's
 
@@ -74,9 +61,9 @@ def test_predict_equals_evaluate_on_the_held_out_images(bccd_run):
 
 
 def test_predict_inputs_equal_the_shards_deterministic_records(bccd_run):
-    from hemaflow.images import load_rgb
-    from hemaflow.predict import model_input
-    from hemaflow.records import iter_records
+    from hemaflow.data.images import load_rgb
+    from hemaflow.predict.run import model_input
+    from hemaflow.augment.records import iter_records
 
     work, combo, sources, _, _ = bccd_run
     params = json.loads((work / f"results/models/{combo}/preprocess.json").read_text())

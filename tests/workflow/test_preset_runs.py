@@ -14,10 +14,10 @@ import yaml
 from PIL import Image
 from snakemake.utils import update_config
 
-from hemaflow.grid import combos
-from hemaflow.manifest import read_classes
-from hemaflow.preprocess import IDENTITY, render
-from hemaflow.records import iter_records
+from hemaflow.train.grid import combos
+from hemaflow.data.manifest import read_classes
+from hemaflow.augment.preprocess import IDENTITY, render
+from hemaflow.augment.records import iter_records
 
 from harness import ROOT, copy_repo, params, snakemake, write_override
 

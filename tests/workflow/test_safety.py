@@ -7,7 +7,7 @@ import shutil
 
 import yaml
 
-from hemaflow.grid import combos
+from hemaflow.train.grid import combos
 from hemaflow.provenance import put_first_on_pythonpath
 
 from harness import ROOT, copy_repo, params, run, write_override

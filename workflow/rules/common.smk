@@ -10,10 +10,10 @@ import yaml
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 
-from hemaflow.adapters import check_positive_class, known_classes, reader
+from hemaflow.data.adapters import check_positive_class, known_classes, reader
 from hemaflow.config import check_data_paths, check_replica, typed_cli_config, validate_params
-from hemaflow.grid import check_patient_sheet, combos, is_fused
-from hemaflow.manifest import SPLITS
+from hemaflow.train.grid import check_patient_sheet, combos, is_fused
+from hemaflow.data.manifest import SPLITS
 from hemaflow.provenance import library_digest, put_first_on_pythonpath
 from hemaflow.safenames import check_name
 from snakemake.utils import update_config
@@ -64,7 +64,7 @@ BASELINE_FEATURES = f"results/models/{BASELINE}/features/{{split}}.parquet"
 # Tables behind the figures, one directory per figure kind: what dvc.yaml's `plots` read.
 HISTORY = "results/plots/history/{combo}.csv"
 PLOT_TABLE = "results/plots/{kind}_{split}/{combo}.csv"
-PLOT_KINDS = ["confusion", "roc"]
+PLOT_KINDS = ["confusion", "roc", "reliability"]
 GRID = "results/models/grid.json"
 # Where each stage leaves per-combination files (a directory per combo, or <combo>.csv): what
 # `prune_stale` clears of combinations no longer in the grid (rules grid and leaderboard).
@@ -109,7 +109,7 @@ def data_input():
 
 # The data keys ingest reads: everything but positive_class (which only evaluation uses).
 INGEST_KEYS = ("adapter", "name", "root", "index", "patient_regex", "filelist", "strict", "max_pixels",
-               "min_side", "classes", "label_map", "on_label_conflict")  # fmt: skip
+               "min_side", "classes", "label_map", "on_label_conflict", "near_duplicates")  # fmt: skip
 
 
 def ingest_params():
@@ -146,12 +146,17 @@ def train_threads():
 
 
 def train_settings(wildcards):
-    """The train keys a combination's job reads: the cyclic schedule only when its lr_policy is triangular.
+    """The train keys a combination's job reads: a schedule's settings only for its lr_policy, the
+    weight decay only for adamw, so changing one reruns only the combinations that use it.
     Sorted, since Snakemake compares params as text and a --configfile overlay reorders keys."""
     skip = ("grid", "search", "trials", "baseline_svm", "fusion")
     settings = {k: v for k, v in sorted(config["train"].items()) if k not in skip}
-    if COMBOS[wildcards.combo]["lr_policy"] != "triangular":
-        settings["cyclic"] = None
+    combo = COMBOS[wildcards.combo]
+    for key, policy in (("cyclic", "triangular"), ("cosine", "cosine"), ("onecycle", "onecycle")):
+        if combo["lr_policy"] != policy:
+            settings[key] = None
+    if combo["optimizer"] != "adamw":
+        settings["weight_decay"] = None
     return settings
 
 
@@ -237,8 +242,9 @@ def trained_models():
 
 
 def evaluation_reports():
-    """Per-combination evaluation and the leaderboard, and what they read (DVC stage `evaluate`)."""
-    return [*trained_models(), *outputs_of(rules.evaluate, combo=MODEL_IDS), *outputs_of(rules.leaderboard)]
+    """Per-combination evaluation, the leaderboard and the model card, and what they read (DVC stage `evaluate`)."""
+    return [*trained_models(), *outputs_of(rules.evaluate, combo=MODEL_IDS), *outputs_of(rules.leaderboard),
+            *outputs_of(rules.model_card)]
 
 
 def explanations():

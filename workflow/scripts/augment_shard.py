@@ -6,10 +6,10 @@ to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
 
 import logging
 
-from hemaflow import sampling
-from hemaflow.manifest import read_manifest
-from hemaflow.preprocess import variants
-from hemaflow.shards import VARIANT_KEYS, build_shard, shard_of
+from hemaflow.augment import sampling
+from hemaflow.data.manifest import read_manifest
+from hemaflow.augment.preprocess import variants
+from hemaflow.augment.shards import VARIANT_KEYS, build_shard, shard_of
 
 split, shard = snakemake.wildcards.split, int(snakemake.wildcards.shard)
 augment = snakemake.params.augment

@@ -7,8 +7,8 @@ to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
 import json
 import logging
 
-from hemaflow.adapters import check_positive_class
-from hemaflow.manifest import read_classes
+from hemaflow.data.adapters import check_positive_class
+from hemaflow.data.manifest import read_classes
 
 classes = read_classes(snakemake.input[0])
 positive = check_positive_class(classes, snakemake.params.positive_class)

@@ -6,8 +6,8 @@ to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
 
 import pandas as pd
 
-from hemaflow.manifest import read_classes
-from hemaflow.shards import contact_sheet
+from hemaflow.data.manifest import read_classes
+from hemaflow.augment.shards import contact_sheet
 
 manifest = pd.concat([pd.read_parquet(p) for p in snakemake.input.manifests], ignore_index=True)
 contact_sheet(

@@ -7,12 +7,11 @@ to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
 import json
 import logging
 
-import keras
 import pandas as pd
 
-from hemaflow.explain import explain_model, load_images, sample_cells
-from hemaflow.leaderboard import best_of
-from hemaflow.manifest import read_classes
+from hemaflow.explain.run import explain_model, load_images, sample_cells
+from hemaflow.models_io import best_of, load_model
+from hemaflow.data.manifest import read_classes
 
 combos = list(snakemake.params.combos)
 combo = combos[0]
@@ -29,7 +28,7 @@ wanted = pd.concat(sample_cells(predictions, settings, seed))["image_id"].unique
 images = load_images(snakemake.input.records, pd.read_parquet(snakemake.input.augmented), wanted,
                      snakemake.params.channels)
 summary = explain_model(
-    keras.models.load_model(snakemake.input.models[k]), predictions, images, combo=combo,
+    load_model(snakemake.input.models[k]), predictions, images, combo=combo,
     class_names=read_classes(snakemake.input.classes), settings=settings, seed=seed, out=dict(snakemake.output),
 )
 logging.info("explained %s: %s", combo, summary)

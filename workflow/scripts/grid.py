@@ -7,7 +7,7 @@ to_log(snakemake.log[0])
 import json
 import logging
 
-from hemaflow.grid import prune_stale
+from hemaflow.train.grid import prune_stale
 
 for path in prune_stale(snakemake.params.prune, snakemake.params.ids):
     logging.info("removed %s: its combination is no longer in the grid", path)

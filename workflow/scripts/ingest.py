@@ -7,9 +7,9 @@ to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
 import json
 import logging
 
-from hemaflow.adapters import list_candidates
-from hemaflow.ingest import FIRST_FILES, build_sources, summary
-from hemaflow.manifest import write_classes, write_manifest
+from hemaflow.data.adapters import list_candidates
+from hemaflow.data.ingest import FIRST_FILES, build_sources, summary
+from hemaflow.data.manifest import write_classes, write_manifest
 
 d = snakemake.params.data
 candidates, classes = list_candidates(
@@ -31,12 +31,13 @@ sources = build_sources(
     min_side=d["min_side"],
     threads=snakemake.threads,
     on_label_conflict=d["on_label_conflict"],
+    near_duplicates=d["near_duplicates"],
 )
 write_manifest(sources, snakemake.output.sources, "sources")
 write_classes(classes, snakemake.output.classes)
 bad = sources[sources["status"] == "quarantined"]
 bad[["image_id", "rel_path", "reason"]].to_csv(snakemake.output.quarantine, index=False)
-info = summary(sources, classes, warn_similar=not d["classes"])
+info = summary(sources, classes, warn_similar=not d["classes"], near_duplicates=d["near_duplicates"])
 with open(snakemake.output.summary, "w") as f:
     json.dump(info, f, indent=2, sort_keys=True)
 logging.info("ingest: %s", json.dumps(info, sort_keys=True))

@@ -6,7 +6,7 @@ to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
 
 from pathlib import Path
 
-from hemaflow.predict import run
+from hemaflow.predict.run import run
 
 p = snakemake.params
 run(

@@ -6,8 +6,8 @@ to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
 
 import logging
 
-from hemaflow.manifest import read_manifest, write_manifest
-from hemaflow.splits import assign_splits, split_summary
+from hemaflow.data.manifest import read_manifest, write_manifest
+from hemaflow.data.splits import assign_splits, split_summary
 
 sources = read_manifest(snakemake.input[0], "sources")
 p = snakemake.params.split

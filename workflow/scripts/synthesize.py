@@ -4,7 +4,7 @@ from hemaflow.logs import to_log
 
 to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
 
-from hemaflow.synth import generate_cnmc_replica, generate_folder_replica
+from hemaflow.data.synth import generate_cnmc_replica, generate_folder_replica
 
 s = snakemake.params.synthetic
 root, seed = snakemake.output.root, snakemake.params.seed

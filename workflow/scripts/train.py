@@ -11,15 +11,17 @@ to_log(snakemake.log[0])  # first: TensorFlow and friends print on import
 
 import pandas as pd
 
-from hemaflow import fusion
-from hemaflow.grid import is_fused
-from hemaflow.manifest import read_classes, read_manifest
-from hemaflow.model_params import record
-from hemaflow.train import EpochProgress, train_combo, use_device, use_threads
+from hemaflow.train import fusion
+from hemaflow.train.grid import is_fused
+from hemaflow.data.manifest import read_classes, read_manifest
+from hemaflow.train.model_params import record
+from hemaflow.train.device import use_device, use_threads
+from hemaflow.train.fit import EpochProgress, train_combo
+from hemaflow.train.settings import TrainData, TrainSettings
 
 use_threads(snakemake.threads)
-s = snakemake.params.settings
-device = use_device(s["accelerator"], s["mixed_precision"])
+settings = TrainSettings.from_config(snakemake.params.settings)
+device = use_device(settings.accelerator, settings.mixed_precision)
 
 # Counts from the shard manifests: counting the records would read every one of them.
 train_rows = pd.concat([pd.read_parquet(p, columns=["label_index"]) for p in snakemake.input.manifests])
@@ -32,27 +34,25 @@ cbc = None
 if is_fused(snakemake.params.combo):
     sources = read_manifest(snakemake.input.sources, "sources")
     splits = read_manifest(snakemake.input.splits, "splits")
-    cbc = fusion.prepare(snakemake.input.sheet, sources, splits, read_manifest(snakemake.input.augmented, "augmented"))
-train_combo(
-    snakemake.params.combo,
+    cbc = fusion.cbc_inputs(snakemake.input.sheet, sources, splits, read_manifest(snakemake.input.augmented, "augmented"))
+data = TrainData(
     train_records=list(snakemake.input.train),
     val_records=list(snakemake.input.val),
     channels=snakemake.params.channels,
     size=snakemake.params.size,
     n_classes=len(classes),
-    max_epochs=s["max_epochs"],
-    patience=s["patience"],
-    cyclic=s["cyclic"],
     class_counts=train_rows["label_index"].value_counts().to_dict(),
     n_val=n_val,
-    class_weight=s["class_weight"],
-    weights=s["weights"],
-    fine_tune=s["fine_tune"],
+    cbc=cbc,
+)
+train_combo(
+    snakemake.params.combo,
+    data,
+    settings,
     seed=snakemake.params.seed,
     out_dir=snakemake.output.model.rsplit("/", 1)[0],
     history_path=snakemake.output.history,
-    cbc=cbc,
     threads=snakemake.threads,
     device=device,
-    callbacks=[EpochProgress(snakemake.wildcards.combo, s["max_epochs"], CONSOLE)],
+    callbacks=[EpochProgress(snakemake.wildcards.combo, settings.max_epochs, CONSOLE)],
 )

@@ -12,7 +12,7 @@ import time
 
 import pandas as pd
 
-from hemaflow.baseline import featurize_split, fit_baseline, save_svm
+from hemaflow.evaluate.baseline import featurize_split, fit_baseline, save_svm
 
 start = time.perf_counter()
 features = {}

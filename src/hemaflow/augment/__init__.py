@@ -1,0 +1,1 @@
+"""Stage `augment` (workflow/rules/augment.smk): preprocess and augment each split's images into TFRecord shards."""

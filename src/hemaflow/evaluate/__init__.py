@@ -1,0 +1,1 @@
+"""Stage `evaluate` (workflow/rules/evaluate.smk): cell- and patient-level metrics, figures, the leaderboard."""
