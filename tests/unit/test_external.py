@@ -249,3 +249,15 @@ def test_workflow_sets_check_every_entry_and_refuse_a_name_used_twice(project):
     with pytest.raises(ParamsError, match=r"external\[2\] \(other\): the name 'other' is used twice"):
         X.workflow_sets(config, layers, project, X.schema_path(project))
     assert "No external sets configured" in X.index_markdown([])
+
+
+def test_a_data_file_named_so_that_its_set_would_leave_results_is_refused(project, tmp_path):
+    """The set's name becomes results/external/<name>/: a name from the file's stem is checked too."""
+    bad = tmp_path / "-rf.yaml"
+    bad.write_text("data:\n  adapter: folders\n  root: .\n")
+    with pytest.raises(ValueError, match="cannot be used as a file or folder name"):
+        X.read_data_file(bad, project)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data:\n  adapter: [folders\n")
+    with pytest.raises(ParamsError, match=r"broken\.yaml, line 3, column 1: not valid YAML"):
+        X.read_data_file(broken, project)

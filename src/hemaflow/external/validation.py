@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from hemaflow.config import ParamsError, check_data_paths, load_schema, validate_params, with_defaults
+from hemaflow.config import ParamsError, check_config_file, check_data_paths, load_schema, validate_params, with_defaults
 from hemaflow.data.adapters import list_candidates, reader, similar_labels
 from hemaflow.data.images import REASONS, SKIP_REASONS
 from hemaflow.data.manifest import write_manifest
 from hemaflow.files import write_atomic
 from hemaflow.models_io import json_safe
+from hemaflow.safenames import check_name
 
 # The Snakefile imports this module to check params.yaml `external` at parse time: the heavy
 # modules (scipy, scikit-learn, matplotlib) are imported by the functions that score, so that
@@ -96,12 +97,11 @@ def read_data_file(path: str | Path, project: str | Path = ".") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--data {path}: no such file (a YAML file with a `data:` section like params.yaml's)")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
-    entry = check_entry(values, str(path), project)
+    check_config_file(path)  # a YAML mapping: the file, line and column otherwise
+    entry = check_entry(yaml.safe_load(path.read_text()), str(path), project)
     entry.setdefault("name", path.stem)
+    # The name becomes results/external/<name>/ (a file's own `name` passed the schema's pattern).
+    entry["name"] = check_name(entry["name"], f"{path}: the set's name (its `name:` or the file name)")
     return entry
 
 
@@ -110,7 +110,6 @@ def workflow_sets(config: Mapping, layers, project: str | Path, schema_file: str
     Messages name the layer that set the entry; the replica's root (made by rule synthesize)
     need not exist before the run."""
     from hemaflow.config import source_of
-    from hemaflow.safenames import check_name
 
     sets: dict[str, dict] = {}
     for i, entry in enumerate(config["external"]):
