@@ -114,11 +114,12 @@ def test_experiment_with_another_model_trains_only_its_combinations(reproduced, 
     out = run(["dvc", "exp", "run", "--set-param", f"train.grid.model=[{','.join(models)}]"], repo, tool_env)
 
     text = out.stdout + out.stderr
-    assert re.findall(r"Running stage '(\w+)'", text) == ["train", "evaluate", "explain", "predict", "report"]
+    # external: its stage reads the models; with no set listed its snakemake call finds nothing to do
+    assert re.findall(r"Running stage '(\w+)'", text) == ["train", "evaluate", "explain", "predict", "external", "report"]
     rules = executed_rules(out)
-    # New ids for `grid`; the leaderboard, and what reads it (the best model's explanations and
-    # predictions), once each; the added combinations trained and evaluated, nothing else.
-    expected = ["grid", "leaderboard", "explain", "predict"] + ["train", "evaluate"] * len(added)
+    # New ids for `grid`; the leaderboard, and what reads it (the model card, the best model's
+    # explanations and predictions), once each; the added combinations trained and evaluated, nothing else.
+    expected = ["grid", "leaderboard", "model_card", "explain", "predict"] + ["train", "evaluate"] * len(added)
     assert sorted(rules) == sorted(expected)
     for c in unchanged:  # untouched: not retrained
         assert (repo / f"results/models/{c}/model.keras").stat().st_mtime_ns == stamps[c]
