@@ -53,6 +53,7 @@ def test_changing_positive_class_reruns_only_what_uses_it(touched, tool_env, par
         "evaluate": n_models,
         "leaderboard": 1,
         "explain": 1,  # it reads the evaluation and the leaderboard
+        "model_card": 1,  # so does the card
     }
 
 
@@ -67,7 +68,8 @@ def test_changing_the_cyclic_schedule_retrains_only_triangular_combinations(tool
     grown = combos({**params["train"], "grid": grid}, params["seed"])
     triangular = sum(c["lr_policy"] == "triangular" for c in grown.values())
     assert 0 < triangular < len(grown)
-    assert planned_jobs(work, tool_env, "--configfile", override) == {"train": triangular, "evaluate": triangular, "leaderboard": 1, "explain": 1}
+    assert planned_jobs(work, tool_env, "--configfile", override) == {"train": triangular, "evaluate": triangular, "leaderboard": 1,
+                                                                      "explain": 1, "model_card": 1}  # fmt: skip
 
 
 def test_a_positive_class_that_is_no_class_fails_at_parse_time(touched, tool_env, tmp_path):
