@@ -156,3 +156,10 @@ def apply_temperature(scores, temperature: float, *, logits: bool = False) -> np
     z, one_d = _logits(scores, logits)
     p = special.softmax(z / temperature, axis=1)
     return p[:, 1] if one_d else p
+
+
+def binning(n_bins: int) -> str:
+    """The words metrics.json gives for how the ECE was binned (`calibration.binning`)."""
+    return (f"{n_bins} equal-width bins of the top-class probability over [0, 1] (the last one closed); "
+            "ECE = sum over bins of (images in bin / images) * |accuracy - mean top-class probability| "
+            "(Guo et al. 2017); empty bins add nothing")

@@ -243,11 +243,6 @@ def patient_intervals(patients: pd.DataFrame, threshold: float, *, bootstrap: in
 
 CALIBRATIONS = ("none", "temperature")
 RELIABILITY_COLUMNS = ["lower", "upper", "count", "confidence", "accuracy", "gap"]
-BINNING = (
-    "{n} equal-width bins of the top-class probability over [0, 1] (the last one closed); "
-    "ECE = sum over bins of (images in bin / images) * |accuracy - mean top-class probability| "
-    "(Guo et al. 2017); empty bins add nothing"
-)
 
 
 def fit_calibration(images: pd.DataFrame, class_names, method: str) -> dict:
@@ -291,7 +286,7 @@ def calibration_section(y, proba, *, n_bins: int, temperature: float | None, unc
     """metrics.json's `calibration` of one split: Brier score, ECE with its binning, the temperature
     applied (null: none) and, when one was, the uncalibrated figures for comparison."""
     out = {"brier": calibration.brier(y, proba), "ece": calibration.expected_calibration_error(y, proba, n_bins),
-           "ece_bins": n_bins, "binning": BINNING.format(n=n_bins), "temperature": temperature}
+           "ece_bins": n_bins, "binning": calibration.binning(n_bins), "temperature": temperature}
     if uncalibrated is not None:
         out["uncalibrated"] = {"brier": calibration.brier(y, uncalibrated),
                                "ece": calibration.expected_calibration_error(y, uncalibrated, n_bins)}

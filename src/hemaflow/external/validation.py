@@ -36,10 +36,6 @@ EXTERNAL_SKIP_REASONS = {
     "outside_subset": "not in the data set's own labelled holdout (subset: holdout)",
     "no_label": "no label: an external set is scored against its labels",
 }
-
-
-def binning(ece_bins: int) -> str:
-    return f"{ece_bins} equal-width bins of the top-class probability over [0, 1]"
 # The checkout's schema, for a project directory without workflow/ (hemaflow installed elsewhere).
 _OWN_SCHEMA = Path(__file__).resolve().parents[3] / "workflow/schemas/params.schema.yaml"
 
@@ -276,7 +272,7 @@ def cell_section(images: pd.DataFrame, classes, positive: int, *, n_resamples: i
                             "counting undefined classes as 0, as evaluate's cell metrics do, gives `as_evaluate`")
     unit = proba / proba.sum(axis=1, keepdims=True)  # float32 softmax sums miss 1 by ~1e-7: sklearn warns
     cal = {"brier": calibration.brier(y, unit), "ece": calibration.expected_calibration_error(y, unit, n_bins=ece_bins),
-           "ece_bins": ece_bins, "binning": binning(ece_bins), "temperature": temperature}
+           "ece_bins": ece_bins, "binning": calibration.binning(ece_bins), "temperature": temperature}
     if temperature is not None:
         raw = images[[f"raw_p_{i}" for i in range(k)]].to_numpy()
         raw = raw / raw.sum(axis=1, keepdims=True)
